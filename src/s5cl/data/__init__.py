@@ -1,0 +1,1 @@
+"""Datasets: the registry (download), decoding into a packed memmap (prepare), splits, streams."""

@@ -1,0 +1,23 @@
+"""Where every stage reads and writes, relative to the project root (dvc.yaml and the Snakefile
+name the same paths)."""
+
+from pathlib import Path
+
+SPLIT = Path("data/splits/split.parquet")
+PSEUDO = Path("data/pseudo/pseudo.parquet")
+MODELS = Path("models")
+METRICS = Path("metrics")
+PLOTS = Path("plots")
+
+
+def raw_dir(dataset: str) -> Path:
+    return Path("data/raw") / dataset
+
+
+def packed_dir(dataset: str) -> Path:
+    return Path("data/packed") / dataset
+
+
+def model_path(stage: str) -> Path:
+    """warmup -> models/warmup.pt; retrain writes the final model."""
+    return MODELS / f"{'final' if stage == 'retrain' else stage}.pt"

@@ -1,0 +1,76 @@
+"""The S5CL network: ResNet-18 encoder -> linear embedder -> linear classifier on the embedding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torchvision.models import ResNet18_Weights, resnet18
+
+from s5cl.augment import normalize, to_float
+from s5cl.errors import UserError
+from s5cl.params import ModelParams
+
+
+class S5CLNet(nn.Module):
+    """`embed(x)` is the space the contrastive losses shape; `classifier` reads logits from it."""
+
+    def __init__(self, num_classes: int, embedding_dim: int = 64, weights: str = "none"):
+        super().__init__()
+        self.encoder = resnet18(weights=ResNet18_Weights.IMAGENET1K_V1 if weights == "imagenet" else None)
+        feature_dim = self.encoder.fc.in_features
+        self.encoder.fc = nn.Identity()
+        if weights not in ("none", "imagenet"):
+            path = Path(weights)
+            if not path.exists():
+                raise UserError(f"model.weights={weights!r}: no such file (use none, imagenet or a path)")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+            self.encoder.load_state_dict(state)
+        self.embedder = nn.Linear(feature_dim, embedding_dim)
+        self.classifier = nn.Linear(embedding_dim, num_classes)
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """B x 3 x H x W normalised images -> B x embedding_dim."""
+        return self.embedder(self.encoder(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.embed(x))
+
+
+def build_model(cfg: ModelParams, num_classes: int) -> S5CLNet:
+    return S5CLNet(num_classes, cfg.embedding_dim, cfg.weights)
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any]) -> S5CLNet:
+    model = S5CLNet(len(checkpoint["class_names"]), checkpoint["params"]["model"]["embedding_dim"])
+    model.load_state_dict(checkpoint["model"])
+    return model
+
+
+@torch.no_grad()
+def embed_and_predict(
+    model: S5CLNet,
+    images: np.ndarray,
+    mean: list[float],
+    std: list[float],
+    device: torch.device,
+    batch_size: int = 512,
+    progress: str | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Embeddings (N x D) and class probabilities (N x C) of N x H x W x 3 uint8 images."""
+    from tqdm import tqdm
+
+    model.eval().to(device)
+    embeddings, probabilities = [], []
+    starts = range(0, len(images), batch_size)
+    for start in tqdm(starts, desc=progress, unit="batch", disable=progress is None, leave=False):
+        block = torch.from_numpy(np.asarray(images[start : start + batch_size])).to(device)
+        x = normalize(to_float(block.permute(0, 3, 1, 2)), mean, std)
+        emb = model.embed(x)
+        embeddings.append(emb.cpu())
+        probabilities.append(model.classifier(emb).softmax(1).cpu())
+    return torch.cat(embeddings).numpy(), torch.cat(probabilities).numpy()

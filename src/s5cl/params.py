@@ -1,0 +1,207 @@
+"""`params.yaml`: one section per stage, validated on load.
+
+The pydantic models below are the single source of truth for every parameter: DVC reads
+`params.yaml` for caching, the stage scripts validate it here, and the Snakemake config schema
+(`workflow/schemas/params.schema.json`) is generated from these models (`python -m s5cl.params`).
+Unknown keys and out-of-range values fail with one line naming the key and the value.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from s5cl.errors import UserError
+
+DATASETS = ("digits", "folder")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataParams(Section):
+    name: Literal["digits", "folder"] = "digits"
+    root: str | None = Field(None, description="folder datasets: <root>/<class>/<image>")
+    size: int = Field(32, ge=8, le=1024, description="images are resized to size x size")
+
+    @model_validator(mode="after")
+    def _root_for_folder(self) -> DataParams:
+        if self.name == "folder" and not self.root:
+            raise ValueError("data.root is required when data.name is 'folder'")
+        return self
+
+
+class SplitParams(Section):
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    labels_per_class: int | None = Field(5, ge=1)
+    label_fraction: float | None = Field(None, gt=0, le=1)
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> SplitParams:
+        if (self.labels_per_class is None) == (self.label_fraction is None):
+            raise ValueError("set exactly one of split.labels_per_class and split.label_fraction")
+        if self.test_fraction + self.val_fraction >= 1:
+            raise ValueError("split.test_fraction + split.val_fraction must be < 1")
+        return self
+
+
+class ModelParams(Section):
+    arch: Literal["resnet18"] = "resnet18"
+    weights: str = Field("none", description="none | imagenet | path to a state dict")
+    embedding_dim: int = Field(64, ge=2)
+
+
+class AugmentParams(Section):
+    jitter: float = Field(0.1, ge=0, le=1, description="colour jitter strength (weak and strong)")
+    hed_sigma: float = Field(0.01, ge=0, le=0.5, description="HED stain jitter (strong)")
+    crop_scale_min: float = Field(0.5, gt=0, le=1, description="random resized crop (strong)")
+    affine: float = Field(0.05, ge=0, le=0.5, description="random affine magnitude (strong)")
+
+
+class SupervisedParams(Section):
+    """Training on labeled images only: SupCon(tau_l) + CE."""
+
+    steps: int = Field(300, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    batch_labeled: int = Field(32, ge=2)
+    m_per_class: int = Field(4, ge=1)
+    tau_l: float = Field(0.1, gt=0)
+    w_l: float = Field(1.0, ge=0)
+    w_c: float = Field(1.0, ge=0)
+    eval_every: int = Field(50, ge=1, description="steps between validation scores")
+
+    @model_validator(mode="after")
+    def _batch_divisible(self) -> SupervisedParams:
+        if self.batch_labeled % self.m_per_class:
+            raise ValueError(
+                f"batch_labeled={self.batch_labeled} must be a multiple of "
+                f"m_per_class={self.m_per_class}"
+            )
+        return self
+
+
+class S5CLParams(SupervisedParams):
+    """Adds the unlabeled stream: SupCon(tau_u) on instance ids (self-supervised)."""
+
+    batch_unlabeled: int = Field(128, ge=2)
+    tau_u: float = Field(0.7, gt=0)
+    w_u: float = Field(1.0, ge=0)
+    tau_p: float = Field(0.7, gt=0, description="SupCon temperature once targets are pseudo-labels")
+    w_p: float = Field(1.0, ge=0)
+    switch_step: int | None = Field(
+        None, ge=0, description="online switch to pseudo-label targets after this step (paper)"
+    )
+
+    @model_validator(mode="after")
+    def _hierarchy(self) -> S5CLParams:
+        if self.tau_l >= self.tau_u:
+            warnings.warn(
+                f"s5cl.tau_l={self.tau_l} >= s5cl.tau_u={self.tau_u}: the hierarchy is inverted "
+                "(labeled clusters should be tighter than unlabeled ones)",
+                stacklevel=2,
+            )
+        return self
+
+
+class PseudolabelParams(Section):
+    threshold: float = Field(0.9, ge=0, le=1, description="keep predictions this confident")
+    max_per_class: int | None = Field(None, ge=1, description="keep at most this many per class")
+    batch_size: int = Field(512, ge=1)
+
+
+class RetrainParams(Section):
+    """Continues S5CL (same s5cl.* settings, tau_p/w_p on the unlabeled stream) with the
+    pseudo-labels of the pseudolabel stage as unlabeled targets."""
+
+    steps: int = Field(300, ge=1)
+
+
+class EvaluateParams(Section):
+    batch_size: int = Field(512, ge=1)
+
+
+class Params(Section):
+    seed: int = Field(0, ge=0)
+    data: DataParams = DataParams()
+    split: SplitParams = SplitParams()
+    model: ModelParams = ModelParams()
+    augment: AugmentParams = AugmentParams()
+    warmup: SupervisedParams = SupervisedParams()
+    s5cl: S5CLParams = S5CLParams()
+    pseudolabel: PseudolabelParams = PseudolabelParams()
+    retrain: RetrainParams = RetrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+
+
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for key in keys[:-1]:
+        child = node.setdefault(key, {})
+        if not isinstance(child, dict):
+            raise UserError(f"--set {dotted}: '{key}' is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
+    """`section.key=value` strings -> (dotted key, YAML-parsed value)."""
+    out = []
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set {item!r}: expected section.key=value")
+        out.append((key.strip(), yaml.safe_load(raw)))
+    return out
+
+
+def _describe(error: ValidationError, raw: dict[str, Any]) -> str:
+    first = error.errors()[0]
+    loc = ".".join(str(part) for part in first["loc"])
+    value: Any = raw
+    for part in first["loc"]:
+        value = value.get(part) if isinstance(value, dict) else None
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        return f"unknown parameter {loc} (check the spelling against params.yaml)"
+    if loc:
+        return f"{loc} = {value!r}: {message}"
+    return message
+
+
+def validate(raw: dict[str, Any]) -> Params:
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as error:
+        raise UserError(f"bad parameter: {_describe(error, raw)}") from None
+
+
+def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
+    """Read params.yaml, apply `--set` overrides, validate everything before any work starts."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such params file (run from the project root)")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: expected a mapping of sections")
+    for key, value in parse_overrides(overrides or []):
+        _set_dotted(raw, key, value)
+    return validate(raw)
+
+
+def json_schema() -> dict[str, Any]:
+    return Params.model_json_schema()
+
+
+if __name__ == "__main__":  # regenerate the Snakemake config schema
+    json.dump(json_schema(), sys.stdout, indent=2)
+    sys.stdout.write("\n")

@@ -1,0 +1,178 @@
+"""One function per pipeline stage: read inputs, call the library, write outputs atomically.
+
+Each returns the stage's one-line summary. `stages/<stage>.py` wraps it in the shared command
+line; dvc.yaml and workflow/rules/*.smk name the same paths as `s5cl.layout`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from s5cl import layout
+from s5cl.data.packed import PackedDataset
+from s5cl.data.prepare import prepare as pack_dataset
+from s5cl.data.registry import download as fetch_dataset
+from s5cl.data.split import indices, make_split
+from s5cl.io import load_checkpoint, save_checkpoint, write_json, write_parquet
+from s5cl.metrics import classification_metrics, plot_confusion, plot_per_class_f1
+from s5cl.models import build_model, embed_and_predict, model_from_checkpoint
+from s5cl.params import Params
+from s5cl.pseudo import pseudo_summary, pseudo_targets, select_pseudo_labels
+from s5cl.train import UnlabeledTargets, pick_device, train
+
+EVALUATED = ("warmup", "s5cl", "final")
+
+
+def download(params: Params) -> str:
+    manifest = fetch_dataset(params.data, layout.raw_dir(params.data.name))
+    classes = manifest["class_name"].nunique()
+    return f"{len(manifest)} images in {classes} classes listed in {layout.raw_dir(params.data.name)}"
+
+
+def prepare(params: Params) -> str:
+    out = layout.packed_dir(params.data.name)
+    stats = pack_dataset(layout.raw_dir(params.data.name), out, params.data.size)
+    n, h, w, _ = stats["shape"]
+    return f"{n} images packed as {h}x{w} RGB into {out}"
+
+
+def split(params: Params) -> str:
+    data = PackedDataset.open(layout.packed_dir(params.data.name))
+    table = make_split(data.labels, params.split, params.seed, data.class_names)
+    write_parquet(layout.SPLIT, table)
+    counts = table["role"].value_counts()
+    return ", ".join(f"{role} {counts.get(role, 0)}" for role in ("labeled", "unlabeled", "val", "test"))
+
+
+def _open(params: Params) -> tuple[PackedDataset, pd.DataFrame]:
+    data = PackedDataset.open(layout.packed_dir(params.data.name))
+    table = pd.read_parquet(layout.SPLIT) if layout.SPLIT.exists() else None
+    if table is None or len(table) != len(data.labels):
+        from s5cl.errors import UserError
+
+        raise UserError(f"{layout.SPLIT}: missing or stale for this dataset; run the split stage")
+    return data, table
+
+
+def _train_stage(
+    stage: str, params: Params, model, targets: UnlabeledTargets | None, steps: int, cfg
+) -> str:
+    from dvclive import Live
+
+    data, table = _open(params)
+    with Live(dir=str(layout.METRICS / stage), dvcyaml=None, save_dvc_exp=False) as live:
+        checkpoint = train(
+            stage,
+            model,
+            params,
+            cfg,
+            steps,
+            data,
+            labeled=indices(table, "labeled"),
+            val=indices(table, "val"),
+            unlabeled=indices(table, "unlabeled") if targets else None,
+            targets=targets,
+            live=live,
+        )
+    save_checkpoint(layout.model_path(stage), checkpoint)
+    final = checkpoint["final"]
+    return (
+        f"{steps} steps, loss {final['loss']:.3f}, val acc {final.get('val_acc', float('nan')):.3f}"
+        f" -> {layout.model_path(stage)}"
+    )
+
+
+def warmup(params: Params) -> str:
+    data = PackedDataset.open(layout.packed_dir(params.data.name))
+    model = build_model(params.model, data.num_classes)
+    return _train_stage("warmup", params, model, None, params.warmup.steps, params.warmup)
+
+
+def s5cl(params: Params) -> str:
+    cfg = params.s5cl
+    model = model_from_checkpoint(load_checkpoint(layout.model_path("warmup")))
+    mode = "instance" if cfg.switch_step is None else "online"
+    targets = UnlabeledTargets(mode, cfg.tau_p, cfg.w_p, switch_step=cfg.switch_step)
+    return _train_stage("s5cl", params, model, targets, cfg.steps, cfg)
+
+
+def pseudolabel(params: Params) -> str:
+    data, table = _open(params)
+    model = model_from_checkpoint(load_checkpoint(layout.model_path("s5cl")))
+    unlabeled = indices(table, "unlabeled")
+    _, probs = embed_and_predict(
+        model, data.images[unlabeled], data.mean, data.std, pick_device(),
+        params.pseudolabel.batch_size, progress="pseudolabel",
+    )
+    label, confidence, kept = select_pseudo_labels(probs, params.pseudolabel)
+    pseudo = pd.DataFrame(
+        {
+            "index": unlabeled,
+            "label": label,
+            "confidence": confidence,
+            "kept": kept,
+            "true_label": data.labels[unlabeled],  # hidden from training; for scoring only
+        }
+    )
+    write_parquet(layout.PSEUDO, pseudo)
+    summary = pseudo_summary(pseudo)
+    write_json(layout.METRICS / "pseudolabel.json", summary)
+    return (
+        f"kept {summary['coverage']:.1%} of {summary['count']}, accuracy of kept "
+        f"{summary['accuracy_kept']:.3f} (all {summary['accuracy_all']:.3f})"
+    )
+
+
+def retrain(params: Params) -> str:
+    cfg = params.s5cl
+    model = model_from_checkpoint(load_checkpoint(layout.model_path("s5cl")))
+    _, table = _open(params)
+    pseudo = pd.read_parquet(layout.PSEUDO)
+    if not np.array_equal(pseudo["index"].to_numpy(), indices(table, "unlabeled")):
+        from s5cl.errors import UserError
+
+        raise UserError(f"{layout.PSEUDO}: does not match the current split; run pseudolabel")
+    targets = UnlabeledTargets("pseudo", cfg.tau_p, cfg.w_p, pseudo=pseudo_targets(pseudo))
+    return _train_stage("retrain", params, model, targets, params.retrain.steps, cfg)
+
+
+def evaluate(params: Params) -> str:
+    data, table = _open(params)
+    test = indices(table, "test")
+    device = pick_device()
+    results, predictions = {}, []
+    for name in EVALUATED:
+        model = model_from_checkpoint(load_checkpoint(layout.MODELS / f"{name}.pt"))
+        _, probs = embed_and_predict(
+            model, data.images[test], data.mean, data.std, device,
+            params.evaluate.batch_size, progress=f"evaluate {name}",
+        )
+        predicted = probs.argmax(1)
+        results[name] = classification_metrics(data.labels[test], predicted, data.class_names)
+        plot_confusion(
+            results[name]["confusion_matrix"], data.class_names,
+            f"{name}: accuracy {results[name]['accuracy']:.3f}",
+            layout.PLOTS / f"confusion_{name}.png",
+        )
+        predictions.append(
+            pd.DataFrame(
+                {
+                    "model": name,
+                    "actual": [data.class_names[i] for i in data.labels[test]],
+                    "predicted": [data.class_names[i] for i in predicted],
+                }
+            )
+        )
+    plot_per_class_f1(results, data.class_names, layout.PLOTS / "per_class_f1.png")
+    write_json(layout.METRICS / "evaluate.json", results)
+    final = pd.concat(predictions)
+    from s5cl.io import atomic_path
+
+    with atomic_path(layout.METRICS / "predictions.csv") as tmp:
+        final[final["model"] == "final"].drop(columns="model").to_csv(tmp, index=False)
+    torch.set_grad_enabled(True)
+    return "; ".join(
+        f"{name} acc {r['accuracy']:.3f} macro-F1 {r['macro_f1']:.3f}" for name, r in results.items()
+    )

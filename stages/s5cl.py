@@ -1,0 +1,13 @@
+"""Stage `s5cl`: see s5cl.pipeline.s5cl. Usage: python stages/s5cl.py [--params F] [--set k=v ...]"""
+
+import sys
+from pathlib import Path
+
+# This folder holds s5cl.py, which must not shadow the s5cl package: drop it from the path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from s5cl.cli import run_stage  # noqa: E402
+from s5cl.pipeline import s5cl  # noqa: E402
+
+if __name__ == "__main__":
+    run_stage("s5cl", s5cl)
