@@ -1,4 +1,7 @@
-"""Stage `download`: see s5cl.pipeline.download. Usage: python stages/download.py [--params F] [--set k=v ...]"""
+"""Stage `download` (see s5cl.pipeline.download).
+
+Usage: python stages/download.py [--params params.yaml] [--set section.key=value ...]
+"""
 
 import sys
 from pathlib import Path

@@ -1,4 +1,7 @@
-"""Stage `evaluate`: see s5cl.pipeline.evaluate. Usage: python stages/evaluate.py [--params F] [--set k=v ...]"""
+"""Stage `evaluate` (see s5cl.pipeline.evaluate).
+
+Usage: python stages/evaluate.py [--params params.yaml] [--set section.key=value ...]
+"""
 
 import sys
 from pathlib import Path

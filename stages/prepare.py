@@ -1,4 +1,7 @@
-"""Stage `prepare`: see s5cl.pipeline.prepare. Usage: python stages/prepare.py [--params F] [--set k=v ...]"""
+"""Stage `prepare` (see s5cl.pipeline.prepare).
+
+Usage: python stages/prepare.py [--params params.yaml] [--set section.key=value ...]
+"""
 
 import sys
 from pathlib import Path

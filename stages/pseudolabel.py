@@ -1,4 +1,7 @@
-"""Stage `pseudolabel`: see s5cl.pipeline.pseudolabel. Usage: python stages/pseudolabel.py [--params F] [--set k=v ...]"""
+"""Stage `pseudolabel` (see s5cl.pipeline.pseudolabel).
+
+Usage: python stages/pseudolabel.py [--params params.yaml] [--set section.key=value ...]
+"""
 
 import sys
 from pathlib import Path

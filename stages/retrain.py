@@ -1,4 +1,7 @@
-"""Stage `retrain`: see s5cl.pipeline.retrain. Usage: python stages/retrain.py [--params F] [--set k=v ...]"""
+"""Stage `retrain` (see s5cl.pipeline.retrain).
+
+Usage: python stages/retrain.py [--params params.yaml] [--set section.key=value ...]
+"""
 
 import sys
 from pathlib import Path

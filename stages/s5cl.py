@@ -1,4 +1,7 @@
-"""Stage `s5cl`: see s5cl.pipeline.s5cl. Usage: python stages/s5cl.py [--params F] [--set k=v ...]"""
+"""Stage `s5cl` (see s5cl.pipeline.s5cl).
+
+Usage: python stages/s5cl.py [--params params.yaml] [--set section.key=value ...]
+"""
 
 import sys
 from pathlib import Path

@@ -1,4 +1,7 @@
-"""Stage `split`: see s5cl.pipeline.split. Usage: python stages/split.py [--params F] [--set k=v ...]"""
+"""Stage `split` (see s5cl.pipeline.split).
+
+Usage: python stages/split.py [--params params.yaml] [--set section.key=value ...]
+"""
 
 import sys
 from pathlib import Path

@@ -1,4 +1,7 @@
-"""Stage `warmup`: see s5cl.pipeline.warmup. Usage: python stages/warmup.py [--params F] [--set k=v ...]"""
+"""Stage `warmup` (see s5cl.pipeline.warmup).
+
+Usage: python stages/warmup.py [--params params.yaml] [--set section.key=value ...]
+"""
 
 import sys
 from pathlib import Path

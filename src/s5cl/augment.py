@@ -77,14 +77,18 @@ def color_jitter(x: torch.Tensor, strength: float, gen: torch.Generator) -> torc
 
 def hed_jitter(x: torch.Tensor, sigma: float, gen: torch.Generator) -> torch.Tensor:
     """Stain augmentation: into Haematoxylin-Eosin-DAB optical density (scikit-image's rgb2hed),
-    scale each stain by U(1-sigma, 1+sigma) and shift it by U(-sigma, sigma), and back (hed2rgb)."""
+    scale each stain by U(1-sigma, 1+sigma) and shift it by U(-sigma, sigma), and back (hed2rgb).
+
+    Unlike rgb2hed, negative stain densities are not clipped to 0: clipping them whitens
+    nothing back, it greys near-white background (1.0 -> ~0.9) even with no jitter at all.
+    """
     if sigma == 0:
         return x
     b = x.shape[0]
     to_hed = HED_FROM_RGB.to(x.device, x.dtype)
     to_rgb = RGB_FROM_HED.to(x.device, x.dtype)
     pixels = x.clamp_min(1e-6).log().div(_LOG_EPS).permute(0, 2, 3, 1)  # B x H x W x 3
-    stains = (pixels @ to_hed).clamp_min(0)
+    stains = pixels @ to_hed
     alpha = _uniform(gen, (b, 1, 1, 3), 1 - sigma, 1 + sigma).to(x.device, x.dtype)
     beta = _uniform(gen, (b, 1, 1, 3), -sigma, sigma).to(x.device, x.dtype)
     stains = stains * alpha + beta
@@ -92,7 +96,9 @@ def hed_jitter(x: torch.Tensor, sigma: float, gen: torch.Generator) -> torch.Ten
     return rgb.permute(0, 3, 1, 2).clamp(0, 1)
 
 
-def crop_affine(x: torch.Tensor, scale_min: float, affine: float, gen: torch.Generator) -> torch.Tensor:
+def crop_affine(
+    x: torch.Tensor, scale_min: float, affine: float, gen: torch.Generator
+) -> torch.Tensor:
     """Random resized crop (area in [scale_min, 1], aspect in [3/4, 4/3]) composed with a small
     random rotation, shear and translation (all of magnitude `affine`) into one sampling grid."""
     b = x.shape[0]
@@ -120,12 +126,16 @@ def crop_affine(x: torch.Tensor, scale_min: float, affine: float, gen: torch.Gen
 
 def weak_view(x: torch.Tensor, cfg: AugmentParams, gen: torch.Generator) -> torch.Tensor:
     """Flips, 90-degree rotations, colour jitter."""
-    return color_jitter(flip_rotate(x, gen), cfg.jitter, gen)
+    if cfg.flip_rotate:
+        x = flip_rotate(x, gen)
+    return color_jitter(x, cfg.jitter, gen)
 
 
 def strong_view(x: torch.Tensor, cfg: AugmentParams, gen: torch.Generator) -> torch.Tensor:
     """Flips, 90-degree rotations, HED stain jitter, random resized crop and small affine."""
-    x = hed_jitter(flip_rotate(x, gen), cfg.hed_sigma, gen)
+    if cfg.flip_rotate:
+        x = flip_rotate(x, gen)
+    x = hed_jitter(x, cfg.hed_sigma, gen)
     return crop_affine(x, cfg.crop_scale_min, cfg.affine, gen)
 
 

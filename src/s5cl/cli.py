@@ -12,7 +12,7 @@ from s5cl.errors import UserError
 from s5cl.params import Params, load_params
 
 
-def _warning_line(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001
+def _warning_line(message, category, filename, lineno, file=None, line=None):
     print(f"warning: {message}", file=sys.stderr)
 
 
@@ -22,7 +22,9 @@ def run_stage(name: str, main: Callable[[Params], str]) -> None:
     A UserError ends in one line on stderr and exit code 2, not a traceback.
     """
     parser = argparse.ArgumentParser(prog=f"stages/{name}.py", description=f"S5CL stage: {name}")
-    parser.add_argument("--params", default="params.yaml", help="params file (default: %(default)s)")
+    parser.add_argument(
+        "--params", default="params.yaml", help="params file (default: %(default)s)"
+    )
     parser.add_argument(
         "--set",
         dest="overrides",

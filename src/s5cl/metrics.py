@@ -26,7 +26,9 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: 
     return {
         "accuracy": float(accuracy_score(y_true, y_pred)),
         "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "macro_f1": float(
+            f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)
+        ),
         "weighted_f1": float(
             f1_score(y_true, y_pred, labels=labels, average="weighted", zero_division=0)
         ),

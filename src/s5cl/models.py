@@ -20,13 +20,17 @@ class S5CLNet(nn.Module):
 
     def __init__(self, num_classes: int, embedding_dim: int = 64, weights: str = "none"):
         super().__init__()
-        self.encoder = resnet18(weights=ResNet18_Weights.IMAGENET1K_V1 if weights == "imagenet" else None)
+        self.encoder = resnet18(
+            weights=ResNet18_Weights.IMAGENET1K_V1 if weights == "imagenet" else None
+        )
         feature_dim = self.encoder.fc.in_features
         self.encoder.fc = nn.Identity()
         if weights not in ("none", "imagenet"):
             path = Path(weights)
             if not path.exists():
-                raise UserError(f"model.weights={weights!r}: no such file (use none, imagenet or a path)")
+                raise UserError(
+                    f"model.weights={weights!r}: no such file (use none, imagenet or a path)"
+                )
             state = torch.load(path, map_location="cpu", weights_only=True)
             state = {k: v for k, v in state.items() if not k.startswith("fc.")}
             self.encoder.load_state_dict(state)

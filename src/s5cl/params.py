@@ -60,6 +60,9 @@ class ModelParams(Section):
 
 
 class AugmentParams(Section):
+    flip_rotate: bool = Field(
+        False, description="flips and 90-degree rotations (weak and strong); off for digits, 6 != 9"
+    )
     jitter: float = Field(0.1, ge=0, le=1, description="colour jitter strength (weak and strong)")
     hed_sigma: float = Field(0.01, ge=0, le=0.5, description="HED stain jitter (strong)")
     crop_scale_min: float = Field(0.5, gt=0, le=1, description="random resized crop (strong)")
@@ -69,7 +72,7 @@ class AugmentParams(Section):
 class SupervisedParams(Section):
     """Training on labeled images only: SupCon(tau_l) + CE."""
 
-    steps: int = Field(300, ge=1)
+    steps: int = Field(200, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     batch_labeled: int = Field(32, ge=2)
@@ -92,7 +95,8 @@ class SupervisedParams(Section):
 class S5CLParams(SupervisedParams):
     """Adds the unlabeled stream: SupCon(tau_u) on instance ids (self-supervised)."""
 
-    batch_unlabeled: int = Field(128, ge=2)
+    steps: int = Field(150, ge=1)
+    batch_unlabeled: int = Field(64, ge=2)
     tau_u: float = Field(0.7, gt=0)
     w_u: float = Field(1.0, ge=0)
     tau_p: float = Field(0.7, gt=0, description="SupCon temperature once targets are pseudo-labels")
@@ -122,7 +126,7 @@ class RetrainParams(Section):
     """Continues S5CL (same s5cl.* settings, tau_p/w_p on the unlabeled stream) with the
     pseudo-labels of the pseudolabel stage as unlabeled targets."""
 
-    steps: int = Field(300, ge=1)
+    steps: int = Field(150, ge=1)
 
 
 class EvaluateParams(Section):
@@ -199,7 +203,8 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
 
 
 def json_schema() -> dict[str, Any]:
-    return Params.model_json_schema()
+    """JSON Schema of params.yaml, for Snakemake's `validate` (kept in sync by a test)."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **Params.model_json_schema()}
 
 
 if __name__ == "__main__":  # regenerate the Snakemake config schema

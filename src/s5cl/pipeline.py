@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import torch
+from dvclive import Live
 
 from s5cl import layout
 from s5cl.data.packed import PackedDataset
 from s5cl.data.prepare import prepare as pack_dataset
 from s5cl.data.registry import download as fetch_dataset
 from s5cl.data.split import indices, make_split
-from s5cl.io import load_checkpoint, save_checkpoint, write_json, write_parquet
+from s5cl.errors import UserError
+from s5cl.io import atomic_path, load_checkpoint, save_checkpoint, write_json, write_parquet
 from s5cl.metrics import classification_metrics, plot_confusion, plot_per_class_f1
 from s5cl.models import build_model, embed_and_predict, model_from_checkpoint
 from s5cl.params import Params
@@ -28,7 +29,9 @@ EVALUATED = ("warmup", "s5cl", "final")
 def download(params: Params) -> str:
     manifest = fetch_dataset(params.data, layout.raw_dir(params.data.name))
     classes = manifest["class_name"].nunique()
-    return f"{len(manifest)} images in {classes} classes listed in {layout.raw_dir(params.data.name)}"
+    return (
+        f"{len(manifest)} images in {classes} classes listed in {layout.raw_dir(params.data.name)}"
+    )
 
 
 def prepare(params: Params) -> str:
@@ -43,15 +46,15 @@ def split(params: Params) -> str:
     table = make_split(data.labels, params.split, params.seed, data.class_names)
     write_parquet(layout.SPLIT, table)
     counts = table["role"].value_counts()
-    return ", ".join(f"{role} {counts.get(role, 0)}" for role in ("labeled", "unlabeled", "val", "test"))
+    return ", ".join(
+        f"{role} {counts.get(role, 0)}" for role in ("labeled", "unlabeled", "val", "test")
+    )
 
 
 def _open(params: Params) -> tuple[PackedDataset, pd.DataFrame]:
     data = PackedDataset.open(layout.packed_dir(params.data.name))
     table = pd.read_parquet(layout.SPLIT) if layout.SPLIT.exists() else None
     if table is None or len(table) != len(data.labels):
-        from s5cl.errors import UserError
-
         raise UserError(f"{layout.SPLIT}: missing or stale for this dataset; run the split stage")
     return data, table
 
@@ -59,7 +62,6 @@ def _open(params: Params) -> tuple[PackedDataset, pd.DataFrame]:
 def _train_stage(
     stage: str, params: Params, model, targets: UnlabeledTargets | None, steps: int, cfg
 ) -> str:
-    from dvclive import Live
 
     data, table = _open(params)
     with Live(dir=str(layout.METRICS / stage), dvcyaml=None, save_dvc_exp=False) as live:
@@ -94,7 +96,9 @@ def s5cl(params: Params) -> str:
     cfg = params.s5cl
     model = model_from_checkpoint(load_checkpoint(layout.model_path("warmup")))
     mode = "instance" if cfg.switch_step is None else "online"
-    targets = UnlabeledTargets(mode, cfg.tau_p, cfg.w_p, switch_step=cfg.switch_step)
+    targets = UnlabeledTargets(
+        mode, cfg.tau_u, cfg.w_u, cfg.tau_p, cfg.w_p, switch_step=cfg.switch_step
+    )
     return _train_stage("s5cl", params, model, targets, cfg.steps, cfg)
 
 
@@ -103,8 +107,13 @@ def pseudolabel(params: Params) -> str:
     model = model_from_checkpoint(load_checkpoint(layout.model_path("s5cl")))
     unlabeled = indices(table, "unlabeled")
     _, probs = embed_and_predict(
-        model, data.images[unlabeled], data.mean, data.std, pick_device(),
-        params.pseudolabel.batch_size, progress="pseudolabel",
+        model,
+        data.images[unlabeled],
+        data.mean,
+        data.std,
+        pick_device(),
+        params.pseudolabel.batch_size,
+        progress="pseudolabel",
     )
     label, confidence, kept = select_pseudo_labels(probs, params.pseudolabel)
     pseudo = pd.DataFrame(
@@ -131,10 +140,10 @@ def retrain(params: Params) -> str:
     _, table = _open(params)
     pseudo = pd.read_parquet(layout.PSEUDO)
     if not np.array_equal(pseudo["index"].to_numpy(), indices(table, "unlabeled")):
-        from s5cl.errors import UserError
-
         raise UserError(f"{layout.PSEUDO}: does not match the current split; run pseudolabel")
-    targets = UnlabeledTargets("pseudo", cfg.tau_p, cfg.w_p, pseudo=pseudo_targets(pseudo))
+    targets = UnlabeledTargets(
+        "pseudo", cfg.tau_u, cfg.w_u, cfg.tau_p, cfg.w_p, pseudo=pseudo_targets(pseudo)
+    )
     return _train_stage("retrain", params, model, targets, params.retrain.steps, cfg)
 
 
@@ -146,13 +155,19 @@ def evaluate(params: Params) -> str:
     for name in EVALUATED:
         model = model_from_checkpoint(load_checkpoint(layout.MODELS / f"{name}.pt"))
         _, probs = embed_and_predict(
-            model, data.images[test], data.mean, data.std, device,
-            params.evaluate.batch_size, progress=f"evaluate {name}",
+            model,
+            data.images[test],
+            data.mean,
+            data.std,
+            device,
+            params.evaluate.batch_size,
+            progress=f"evaluate {name}",
         )
         predicted = probs.argmax(1)
         results[name] = classification_metrics(data.labels[test], predicted, data.class_names)
         plot_confusion(
-            results[name]["confusion_matrix"], data.class_names,
+            results[name]["confusion_matrix"],
+            data.class_names,
             f"{name}: accuracy {results[name]['accuracy']:.3f}",
             layout.PLOTS / f"confusion_{name}.png",
         )
@@ -168,11 +183,9 @@ def evaluate(params: Params) -> str:
     plot_per_class_f1(results, data.class_names, layout.PLOTS / "per_class_f1.png")
     write_json(layout.METRICS / "evaluate.json", results)
     final = pd.concat(predictions)
-    from s5cl.io import atomic_path
-
     with atomic_path(layout.METRICS / "predictions.csv") as tmp:
         final[final["model"] == "final"].drop(columns="model").to_csv(tmp, index=False)
-    torch.set_grad_enabled(True)
     return "; ".join(
-        f"{name} acc {r['accuracy']:.3f} macro-F1 {r['macro_f1']:.3f}" for name, r in results.items()
+        f"{name} acc {r['accuracy']:.3f} macro-F1 {r['macro_f1']:.3f}"
+        for name, r in results.items()
     )

@@ -30,7 +30,7 @@ def pseudo_summary(table: pd.DataFrame) -> dict[str, float]:
     correct = table["label"] == table["true_label"]
     kept = table["kept"]
     return {
-        "count": int(len(table)),
+        "count": len(table),
         "coverage": float(kept.mean()),
         "accuracy_all": float(correct.mean()),
         "accuracy_kept": float(correct[kept].mean()) if kept.any() else float("nan"),

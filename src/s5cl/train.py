@@ -52,7 +52,9 @@ class UnlabeledTargets:
     """What the unlabeled images are pulled towards (see the module docstring)."""
 
     mode: str  # "instance" | "pseudo" | "online"
-    tau: float
+    instance_tau: float  # tau_u, w_u: for instance ids
+    instance_weight: float
+    tau: float  # tau_p, w_p: for pseudo-labels
     weight: float
     pseudo: np.ndarray | None = None  # per unlabeled position: class id, or -1 if not kept
     switch_step: int | None = None  # mode "online": instance ids until this step
@@ -68,6 +70,52 @@ def validation_accuracy(model: S5CLNet, data: PackedDataset, val: np.ndarray, de
     _, probs = embed_and_predict(model, data.images[val], data.mean, data.std, device)
     model.train()
     return float((probs.argmax(1) == data.labels[val]).mean())
+
+
+def unlabeled_targets(
+    targets: UnlabeledTargets, positions: np.ndarray, step: int, num_classes: int, device
+) -> tuple[torch.Tensor | None, float, float]:
+    """Targets of one unlabeled batch and the (tau, weight) of their SupCon term.
+
+    Instance ids are offset by num_classes so they never collide with a class id. Returns None
+    targets for the online mode after its switch: the step computes them from the classifier.
+    """
+    n_u = len(positions)
+    instance = torch.arange(n_u, device=device) + num_classes
+    if targets.mode == "pseudo":
+        pseudo = torch.from_numpy(targets.pseudo[positions]).to(device)
+        return torch.where(pseudo >= 0, pseudo, instance), targets.tau, targets.weight
+    if targets.mode == "online" and step >= (targets.switch_step or 0):
+        return None, targets.tau, targets.weight
+    return instance, targets.instance_tau, targets.instance_weight
+
+
+def step_loss(
+    model: S5CLNet,
+    x: torch.Tensor,
+    y_l: torch.Tensor,
+    y_u: torch.Tensor | None,
+    loss_fn: S5CLLoss,
+) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
+    """One forward pass over all views and the S5CL loss.
+
+    x: normalised views, (2 B_l [+ 2 B_u]) x 3 x H x W, ordered labeled weak, labeled strong,
+    unlabeled weak, unlabeled strong. y_l: B_l labels. y_u: B_u targets; None with unlabeled
+    views means "the classifier's argmax on the weak views" (the paper's online pseudo-labels).
+    Returns (loss, its parts, classifier logits of the labeled weak views).
+    """
+    n_l = len(y_l)
+    emb = model.embed(x)
+    emb_l, emb_u = emb[: 2 * n_l], emb[2 * n_l :]
+    logits = model.classifier(emb_l[:n_l])  # CE on the weak views of labeled images
+    if len(emb_u) == 0:
+        loss, parts = loss_fn(emb_l, y_l, logits)
+        return loss, parts, logits
+    if y_u is None:
+        with torch.no_grad():
+            y_u = model.classifier(emb_u[: len(emb_u) // 2]).argmax(1)
+    loss, parts = loss_fn(emb_l, y_l, logits, emb_u, y_u)
+    return loss, parts, logits
 
 
 def train(
@@ -86,9 +134,11 @@ def train(
     """Train `model` in place for `steps` steps; returns a checkpoint dict (with its config)."""
     device = pick_device()
     gen = seed_everything(params.seed * 100 + STAGE_SEEDS[stage])
-    model.to(device).train()
+    model.to(device, memory_format=torch.channels_last).train()  # faster convolutions
     optimizer = torch.optim.Adamax(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    labeled_stream = labeled_batches(labeled, data.labels[labeled], cfg.batch_labeled, cfg.m_per_class)
+    labeled_stream = labeled_batches(
+        labeled, data.labels[labeled], cfg.batch_labeled, cfg.m_per_class
+    )
     unlabeled_stream = None
     if targets is not None:
         assert isinstance(cfg, S5CLParams) and unlabeled is not None
@@ -107,36 +157,20 @@ def train(
             idx_u, pos_u = next(unlabeled_stream)
             views += _two_views(to_float(data.batch(idx_u, device)), params.augment, gen)
         x = normalize(torch.cat(views), data.mean, data.std)
+        x = x.contiguous(memory_format=torch.channels_last)
 
-        emb = model.embed(x)
-        n_l = len(idx_l)
-        emb_l, emb_u = emb[: 2 * n_l], emb[2 * n_l :]
-        logits = model.classifier(emb_l[:n_l])  # CE on the weak views of labeled images
-
-        if targets is None:
-            loss_fn = S5CLLoss(cfg.tau_l, cfg.w_l, cfg.w_c)
-            loss, parts = loss_fn(emb_l, y_l, logits)
-        else:
-            n_u = len(idx_u)
-            tau, weight = cfg.tau_u, cfg.w_u
-            y_u = torch.arange(n_u, device=device) + num_classes  # instance ids
-            if targets.mode == "pseudo":
-                pseudo = torch.from_numpy(targets.pseudo[pos_u]).to(device)
-                y_u = torch.where(pseudo >= 0, pseudo, y_u)
-                tau, weight = targets.tau, targets.weight
-            elif targets.mode == "online" and step >= (targets.switch_step or 0):
-                with torch.no_grad():
-                    y_u = model.classifier(emb_u[:n_u]).argmax(1)
-                tau, weight = targets.tau, targets.weight
+        y_u, loss_fn = None, S5CLLoss(cfg.tau_l, cfg.w_l, cfg.w_c)
+        if targets is not None:
+            y_u, tau, weight = unlabeled_targets(targets, pos_u, step, num_classes, device)
             loss_fn = S5CLLoss(cfg.tau_l, cfg.w_l, cfg.w_c, tau, weight)
-            loss, parts = loss_fn(emb_l, y_l, logits, emb_u, y_u)
+        loss, parts, logits = step_loss(model, x, y_l, y_u, loss_fn)
+        if not np.isfinite(parts["loss"]):
+            raise FloatingPointError(f"{stage}: loss is {parts['loss']} at step {step}")
 
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
 
-        if not np.isfinite(parts["loss"]):
-            raise FloatingPointError(f"{stage}: loss is {parts['loss']} at step {step}")
         parts["train_acc"] = float((logits.argmax(1) == y_l).float().mean())
         if (step + 1) % cfg.eval_every == 0 or step + 1 == steps:
             val_acc = validation_accuracy(model, data, val, device)

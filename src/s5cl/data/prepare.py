@@ -29,7 +29,7 @@ def _array_file(path: str) -> np.ndarray:
 
 
 def decode(source: str, raw_dir: str, size: int) -> tuple[np.ndarray, str]:
-    """One source (an image file, or `file.npz#row`) -> (size x size x 3 uint8, md5 of its bytes)."""
+    """An image file, or `file.npz#row` -> (size x size x 3 uint8, md5 of the source bytes)."""
     if "#" in source:
         name, row = source.rsplit("#", 1)
         array = _array_file(os.path.join(raw_dir, name))[int(row)]
@@ -46,7 +46,9 @@ def decode(source: str, raw_dir: str, size: int) -> tuple[np.ndarray, str]:
                 opened.load()
                 image = opened.copy()
         except (UnidentifiedImageError, OSError) as error:
-            raise UserError(f"{source}: not a readable image ({error}); remove or replace it")
+            raise UserError(
+                f"{source}: not a readable image ({error}); remove or replace it"
+            ) from None
     image = image.convert("RGB")
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BILINEAR)

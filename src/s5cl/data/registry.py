@@ -41,9 +41,8 @@ def fetch_digits(cfg: DataParams, out: Path) -> pd.DataFrame:
 
     digits = load_digits()
     images = (digits.images / 16.0 * 255.0).round().astype(np.uint8)  # 0..16 -> 0..255
-    with atomic_path(out / "digits.npz") as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, images=images, labels=digits.target.astype(np.int64))
+    with atomic_path(out / "digits.npz") as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, images=images, labels=digits.target.astype(np.int64))
     names = [str(name) for name in digits.target_names]
     return pd.DataFrame(
         {

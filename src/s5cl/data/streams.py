@@ -25,7 +25,9 @@ def labeled_batches(
             f"batch_labeled={batch_size} needs m_per_class * classes >= batch, but "
             f"{m_per_class} x {n_classes} classes = {m_per_class * n_classes}; lower batch_labeled"
         )
-    sampler = MPerClassSampler(labels, m_per_class, batch_size, length_before_new_iter=batch_size * 64)
+    sampler = MPerClassSampler(
+        labels, m_per_class, batch_size, length_before_new_iter=batch_size * 64
+    )
     while True:
         order = np.fromiter(iter(sampler), dtype=np.int64)
         for batch in order.reshape(-1, batch_size):

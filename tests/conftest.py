@@ -1,0 +1,76 @@
+"""Shared fixtures: real data only (scikit-learn's digits, ../shared/data)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+PBC = SHARED / "pbc-240"
+VENV_BIN = Path(sys.executable).parent
+
+
+def needs_shared() -> pytest.MarkDecorator:
+    return pytest.mark.skipif(not PBC.is_dir(), reason=f"{PBC} is absent (../shared not here)")
+
+
+@pytest.fixture
+def digits_labels():
+    from sklearn.datasets import load_digits
+
+    return load_digits().target
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A temp copy of the project's tracked pipeline files, as its own git + DVC repo."""
+    dest = tmp_path / "project"
+    dest.mkdir()
+    for name in ("stages", "src", "workflow"):
+        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
+        shutil.copy(ROOT / name, dest / name)
+    run(["git", "init", "-q"], dest)
+    run(["dvc", "init", "-q"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], dest)
+    return dest
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(
+            f"{cmd} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
+    return result
+
+
+TINY = {
+    "data.size": 32,
+    "warmup.steps": 4,
+    "warmup.eval_every": 2,
+    "s5cl.steps": 3,
+    "s5cl.batch_unlabeled": 16,
+    "s5cl.eval_every": 3,
+    "retrain.steps": 3,
+    "pseudolabel.threshold": 0.0,
+}
+
+
+def write_params(project: Path, overrides: dict) -> None:
+    """Apply dotted overrides to the project's params.yaml."""
+    import yaml
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    for dotted, value in overrides.items():
+        section, key = dotted.split(".")
+        params[section][key] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -1,0 +1,32 @@
+import json
+import shlex
+
+DATASET = config["data"]["name"]
+RAW = f"data/raw/{DATASET}"
+PACKED = f"data/packed/{DATASET}"
+SPLIT = "data/splits/split.parquet"
+TRAIN_CODE = [
+    "src/s5cl/train.py",
+    "src/s5cl/losses.py",
+    "src/s5cl/augment.py",
+    "src/s5cl/models.py",
+    "src/s5cl/data/streams.py",
+]
+
+
+def stage_args(*sections):
+    """`--set` flags carrying the config's values of `sections` to a stage script, so
+    `snakemake --config ...` overrides reach it and a changed value reruns the rule."""
+
+    def flatten(prefix, value):
+        if isinstance(value, dict):
+            for key, child in value.items():
+                yield from flatten(f"{prefix}.{key}", child)
+        else:
+            yield prefix, value
+
+    flags = []
+    for section in sections:
+        for key, value in flatten(section, config[section]):
+            flags.append(f"--set {shlex.quote(f'{key}={json.dumps(value)}')}")
+    return " ".join(flags)

@@ -1,0 +1,48 @@
+rule download:
+    input:
+        "stages/download.py",
+        "src/s5cl/data/registry.py",
+    output:
+        directory(RAW),
+    params:
+        sets=stage_args("data"),
+    log:
+        "logs/download.log",
+    conda:
+        "../envs/s5cl.yaml"
+    shell:
+        "python stages/download.py {params.sets} 2>&1 | tee {log}"
+
+
+rule prepare:
+    input:
+        "stages/prepare.py",
+        "src/s5cl/data/prepare.py",
+        RAW,
+    output:
+        directory(PACKED),
+    params:
+        sets=stage_args("data"),
+    log:
+        "logs/prepare.log",
+    conda:
+        "../envs/s5cl.yaml"
+    shell:
+        "python stages/prepare.py {params.sets} 2>&1 | tee {log}"
+
+
+rule split:
+    input:
+        "stages/split.py",
+        "src/s5cl/data/split.py",
+        PACKED,
+    output:
+        SPLIT,
+    params:
+        sets=stage_args("seed", "data", "split"),
+    log:
+        "logs/split.log",
+    conda:
+        "../envs/s5cl.yaml"
+    shell:
+        "python stages/split.py {params.sets} 2>&1 | tee {log}"

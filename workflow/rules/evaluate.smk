@@ -1,0 +1,21 @@
+rule evaluate:
+    input:
+        "stages/evaluate.py",
+        "src/s5cl/metrics.py",
+        PACKED,
+        SPLIT,
+        "models/warmup.pt",
+        "models/s5cl.pt",
+        "models/final.pt",
+    output:
+        metrics="metrics/evaluate.json",
+        predictions="metrics/predictions.csv",
+        plots=directory("plots"),
+    params:
+        sets=stage_args("data", "evaluate"),
+    log:
+        "logs/evaluate.log",
+    conda:
+        "../envs/s5cl.yaml"
+    shell:
+        "python stages/evaluate.py {params.sets} 2>&1 | tee {log}"
