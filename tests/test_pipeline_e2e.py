@@ -4,6 +4,7 @@ import json
 import re
 
 import pandas as pd
+import torch
 
 from .conftest import PBC, TINY, needs_shared, run, write_params
 
@@ -85,3 +86,19 @@ def test_a_user_mistake_is_one_line_not_a_traceback(project):
     assert missing.returncode == 2
     assert "run the download stage first" in missing.stderr
     assert "Traceback" not in missing.stderr
+
+
+def test_same_params_and_seed_give_bit_identical_results(project):
+    write_params(project, TINY)
+    for stage in ("download", "prepare", "split"):
+        run(["python", f"stages/{stage}.py"], project)
+    split_first = (project / "data/splits/split.parquet").read_bytes()
+    runs = []
+    for _ in range(2):
+        run(["python", "stages/split.py"], project)
+        run(["python", "stages/warmup.py"], project)
+        checkpoint = torch.load(project / "models/warmup.pt", weights_only=False)
+        weights = b"".join(v.numpy().tobytes() for v in checkpoint["model"].values())
+        runs.append(((project / "metrics/warmup/metrics.json").read_text(), weights))
+    assert runs[0] == runs[1]
+    assert (project / "data/splits/split.parquet").read_bytes() == split_first

@@ -45,7 +45,9 @@ class S5CLNet(nn.Module):
         return self.classifier(self.embed(x))
 
 
-def build_model(cfg: ModelParams, num_classes: int) -> S5CLNet:
+def build_model(cfg: ModelParams, num_classes: int, seed: int) -> S5CLNet:
+    """A new network whose random initial weights depend on `seed` alone."""
+    torch.manual_seed(seed)
     return S5CLNet(num_classes, cfg.embedding_dim, cfg.weights)
 
 

@@ -88,7 +88,7 @@ def _train_stage(
 
 def warmup(params: Params) -> str:
     data = PackedDataset.open(layout.packed_dir(params.data.name))
-    model = build_model(params.model, data.num_classes)
+    model = build_model(params.model, data.num_classes, params.seed)
     return _train_stage("warmup", params, model, None, params.warmup.steps, params.warmup)
 
 
