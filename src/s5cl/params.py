@@ -72,7 +72,7 @@ class AugmentParams(Section):
 class SupervisedParams(Section):
     """Training on labeled images only: SupCon(tau_l) + CE."""
 
-    steps: int = Field(200, ge=1)
+    steps: int = Field(150, ge=1)
     lr: float = Field(1e-3, gt=0)
     weight_decay: float = Field(1e-4, ge=0)
     batch_labeled: int = Field(32, ge=2)
@@ -95,7 +95,7 @@ class SupervisedParams(Section):
 class S5CLParams(SupervisedParams):
     """Adds the unlabeled stream: SupCon(tau_u) on instance ids (self-supervised)."""
 
-    steps: int = Field(150, ge=1)
+    steps: int = Field(120, ge=1)
     batch_unlabeled: int = Field(64, ge=2)
     tau_u: float = Field(0.7, gt=0)
     w_u: float = Field(1.0, ge=0)
@@ -126,7 +126,7 @@ class RetrainParams(Section):
     """Continues S5CL (same s5cl.* settings, tau_p/w_p on the unlabeled stream) with the
     pseudo-labels of the pseudolabel stage as unlabeled targets."""
 
-    steps: int = Field(150, ge=1)
+    steps: int = Field(120, ge=1)
 
 
 class EvaluateParams(Section):
