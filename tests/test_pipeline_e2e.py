@@ -59,6 +59,10 @@ def test_snakemake_runs_the_same_scripts_and_then_has_nothing_to_do(project):
     again = run(["snakemake", "--cores", "2"], project)
     assert "Nothing to be done" in again.stdout + again.stderr
 
+    by_snakemake = (project / "metrics/evaluate.json").read_bytes()
+    run(["dvc", "repro", "--force"], project)  # the same scripts and params under DVC
+    assert (project / "metrics/evaluate.json").read_bytes() == by_snakemake
+
 
 @needs_shared()
 def test_stage_scripts_on_a_real_folder_dataset(project):

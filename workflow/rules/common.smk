@@ -1,10 +1,14 @@
 import json
+import os
 import shlex
 
 DATASET = config["data"]["name"]
 RAW = f"data/raw/{DATASET}"
 PACKED = f"data/packed/{DATASET}"
 SPLIT = "data/splits/split.parquet"
+# Torch stages use every core, as under DVC: Snakemake would otherwise set OMP_NUM_THREADS=1, and
+# the thread count changes floating-point results (bitwise reproducibility is per thread count).
+TORCH_THREADS = min(workflow.cores, os.cpu_count() or 1)
 TRAIN_CODE = [
     "src/s5cl/train.py",
     "src/s5cl/losses.py",

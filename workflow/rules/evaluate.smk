@@ -13,6 +13,7 @@ rule evaluate:
         plots=directory("plots"),
     params:
         sets=stage_args("data", "evaluate"),
+    threads: TORCH_THREADS
     log:
         "logs/evaluate.log",
     conda:

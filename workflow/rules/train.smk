@@ -9,6 +9,7 @@ rule warmup:
         metrics="metrics/warmup/metrics.json",
     params:
         sets=stage_args("seed", "data", "model", "augment", "warmup"),
+    threads: TORCH_THREADS
     log:
         "logs/warmup.log",
     conda:
@@ -29,6 +30,7 @@ rule s5cl:
         metrics="metrics/s5cl/metrics.json",
     params:
         sets=stage_args("seed", "data", "augment", "s5cl"),
+    threads: TORCH_THREADS
     log:
         "logs/s5cl.log",
     conda:
@@ -49,6 +51,7 @@ rule pseudolabel:
         metrics="metrics/pseudolabel.json",
     params:
         sets=stage_args("data", "pseudolabel"),
+    threads: TORCH_THREADS
     log:
         "logs/pseudolabel.log",
     conda:
@@ -70,6 +73,7 @@ rule retrain:
         metrics="metrics/retrain/metrics.json",
     params:
         sets=stage_args("seed", "data", "augment", "s5cl", "retrain"),
+    threads: TORCH_THREADS
     log:
         "logs/retrain.log",
     conda:
