@@ -19,8 +19,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from s5cl.errors import UserError
 
-DATASETS = ("digits", "folder")
-
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
