@@ -74,3 +74,70 @@ def write_params(project: Path, overrides: dict) -> None:
         section, key = dotted.split(".")
         params[section][key] = value
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+class FileServer:
+    """What the loopback server serves, and what it was asked for."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.files: dict[str, bytes] = {}
+        self.cut: dict[str, int] = {}  # name -> bytes to send before dropping, once
+        self.log: list[tuple[str, str | None, int]] = []  # (name, Range header, bytes sent)
+
+
+@pytest.fixture
+def file_server():
+    """An HTTP server on 127.0.0.1 (started here, no network) that honours Range requests and
+    can drop a connection part-way, like a flaky host."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    state: FileServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):  # keep pytest output clean
+            pass
+
+        def do_GET(self):
+            name = self.path.lstrip("/").split("?")[0]
+            data = state.files.get(name)
+            ranged = self.headers.get("Range")
+            if data is None:
+                state.log.append((name, ranged, 0))
+                self.send_error(404)
+                return
+            start = int(ranged.removeprefix("bytes=").split("-")[0]) if ranged else 0
+            if start >= len(data):
+                state.log.append((name, ranged, 0))
+                self.send_error(416)
+                return
+            self.send_response(206 if ranged else 200)
+            if ranged:
+                self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+            body = data[start:]
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            sent = body[: state.cut.pop(name, len(body))]
+            self.wfile.write(sent)
+            state.log.append((name, ranged, len(sent)))
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state = FileServer(f"http://127.0.0.1:{server.server_port}")
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()
+
+
+def zip_tree(tree: dict[str, bytes]) -> bytes:
+    """A zip (in memory) holding `tree`'s {member name: bytes}."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in tree.items():
+            zf.writestr(name, data)
+    return buffer.getvalue()

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from s5cl.augment import hed_jitter, strong_view, to_float, weak_view
-from s5cl.data.prepare import decode
+from s5cl.datasets.prepare import decode_file
 from s5cl.params import AugmentParams
 
 from .conftest import PBC, needs_shared
@@ -45,7 +45,7 @@ def test_same_seed_same_views():
 @needs_shared()
 def test_hed_round_trip_without_jitter_is_identity_on_real_cells():
     path = next((PBC / "eosinophil").glob("*.jpg"))
-    array, _ = decode(str(path), "", 64)
+    array, _ = decode_file(str(path), 64)
     x = to_float(torch.from_numpy(array.copy()).permute(2, 0, 1)[None])
     tiny = hed_jitter(x, 1e-9, torch.Generator().manual_seed(0))
     assert torch.allclose(tiny, x, atol=2e-3)

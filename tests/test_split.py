@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from s5cl.data.split import indices, make_split
+from s5cl.datasets.split import indices, make_split
 from s5cl.errors import UserError
 from s5cl.params import SplitParams
 

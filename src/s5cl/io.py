@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
 
 @contextmanager
@@ -60,11 +59,15 @@ def write_parquet(path: str | Path, frame: pd.DataFrame) -> None:
 
 
 def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
+    import torch  # here, not at the top: the data stages never load torch
+
     with atomic_path(path) as tmp:
         torch.save(checkpoint, tmp)
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    import torch
+
     from s5cl.errors import UserError
 
     path = Path(path)

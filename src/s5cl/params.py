@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from s5cl.errors import UserError
 
@@ -24,16 +24,52 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+DatasetName = Literal[
+    "digits",
+    "folder",
+    "nct_crc_he_100k",
+    "nct_crc_he_100k_nonorm",
+    "aml_munich",
+    "pathmnist",
+    "bloodmnist",
+]
+NEEDS_ROOT = ("folder", "aml_munich")
+
+
 class DataParams(Section):
-    name: Literal["digits", "folder"] = "digits"
-    root: str | None = Field(None, description="folder datasets: <root>/<class>/<image>")
+    name: DatasetName = "digits"
+    root: str | None = Field(
+        None,
+        description="folder: <root>/<class>/<image> or a CSV of path,label[,subset]; "
+        "aml_munich: your local copy from TCIA",
+    )
+    mirror: str | None = Field(
+        None, description="fetch the dataset's files from this base URL instead of its host"
+    )
+    downloads: str = Field(
+        "data/downloads", description="where downloaded archives and their unpacked trees are kept"
+    )
     size: int = Field(32, ge=8, le=1024, description="images are resized to size x size")
+    workers: int | None = Field(
+        None, ge=1, description="decoding processes for prepare (default: CPUs, at most 8)"
+    )
 
     @model_validator(mode="after")
-    def _root_for_folder(self) -> DataParams:
-        if self.name == "folder" and not self.root:
-            raise ValueError("data.root is required when data.name is 'folder'")
+    def _root_where_needed(self) -> DataParams:
+        if self.name in NEEDS_ROOT and not self.root:
+            raise ValueError(f"data.root is required when data.name is {self.name!r}")
+        if self.name not in NEEDS_ROOT and self.root:
+            raise ValueError(
+                f"data.root is only read for {' and '.join(NEEDS_ROOT)}; set it to null"
+            )
         return self
+
+    @field_validator("mirror")
+    @classmethod
+    def _http_mirror(cls, mirror: str | None) -> str | None:
+        if mirror and not mirror.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// base URL")
+        return mirror
 
 
 class SplitParams(Section):
@@ -175,7 +211,7 @@ def _describe(error: ValidationError, raw: dict[str, Any]) -> str:
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         return f"unknown parameter {loc} (check the spelling against params.yaml)"
-    if loc:
+    if loc and not isinstance(value, dict):  # a section-level check names its keys itself
         return f"{loc} = {value!r}: {message}"
     return message
 

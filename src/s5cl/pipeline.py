@@ -6,15 +6,18 @@ line; dvc.yaml and workflow/rules/*.smk name the same paths as `s5cl.layout`.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 from dvclive import Live
 
 from s5cl import layout
-from s5cl.data.packed import PackedDataset
-from s5cl.data.prepare import prepare as pack_dataset
-from s5cl.data.registry import download as fetch_dataset
-from s5cl.data.split import indices, make_split
+from s5cl.datasets.packed import PackedDataset
+from s5cl.datasets.prepare import INDEX
+from s5cl.datasets.prepare import prepare as pack_dataset
+from s5cl.datasets.registry import download as fetch_dataset
+from s5cl.datasets.split import indices, make_split
 from s5cl.errors import UserError
 from s5cl.io import atomic_path, load_checkpoint, save_checkpoint, write_json, write_parquet
 from s5cl.metrics import classification_metrics, plot_confusion, plot_per_class_f1
@@ -27,27 +30,47 @@ EVALUATED = ("warmup", "s5cl", "final")
 
 
 def download(params: Params) -> str:
-    manifest = fetch_dataset(params.data, layout.raw_dir(params.data.name))
-    classes = manifest["class_name"].nunique()
+    cfg = params.data
+    raw = layout.raw_dir(cfg.name)
+    manifest = fetch_dataset(cfg, raw, Path(cfg.downloads))
+    subsets = manifest["subset"].value_counts()
+    parts = ", ".join(f"{subsets[s]} {s}" for s in ("train", "val", "test") if s in subsets)
     return (
-        f"{len(manifest)} images in {classes} classes listed in {layout.raw_dir(params.data.name)}"
+        f"{len(manifest)} images ({parts}) in {manifest['class_name'].nunique()} classes "
+        f"listed in {raw}"
     )
 
 
 def prepare(params: Params) -> str:
     out = layout.packed_dir(params.data.name)
-    stats = pack_dataset(layout.raw_dir(params.data.name), out, params.data.size)
+    stats = pack_dataset(
+        layout.raw_dir(params.data.name), out, params.data.size, params.data.workers
+    )
     n, h, w, _ = stats["shape"]
     return f"{n} images packed as {h}x{w} RGB into {out}"
 
 
 def split(params: Params) -> str:
+    index = pd.read_parquet(
+        layout.packed_dir(params.data.name) / INDEX, columns=["label", "subset"]
+    )
     data = PackedDataset.open(layout.packed_dir(params.data.name))
-    table = make_split(data.labels, params.split, params.seed, data.class_names)
+    table = make_split(
+        index["label"].to_numpy(),
+        params.split,
+        params.seed,
+        data.class_names,
+        index["subset"].to_numpy(),
+    )
     write_parquet(layout.SPLIT, table)
     counts = table["role"].value_counts()
-    return ", ".join(
-        f"{role} {counts.get(role, 0)}" for role in ("labeled", "unlabeled", "val", "test")
+    own = [s for s in ("val", "test") if (index["subset"] == s).any()]
+    note = f" ({' and '.join(own)} from the dataset's own split)" if own else ""
+    return (
+        ", ".join(
+            f"{role} {counts.get(role, 0)}" for role in ("labeled", "unlabeled", "val", "test")
+        )
+        + note
     )
 
 

@@ -22,8 +22,8 @@ import torch
 from tqdm import tqdm
 
 from s5cl.augment import normalize, strong_view, to_float, weak_view
-from s5cl.data.packed import PackedDataset
-from s5cl.data.streams import labeled_batches, unlabeled_batches
+from s5cl.datasets.packed import PackedDataset
+from s5cl.datasets.streams import labeled_batches, unlabeled_batches
 from s5cl.losses import S5CLLoss
 from s5cl.models import S5CLNet, embed_and_predict
 from s5cl.params import AugmentParams, Params, S5CLParams, SupervisedParams

@@ -14,7 +14,7 @@ TRAIN_CODE = [
     "src/s5cl/losses.py",
     "src/s5cl/augment.py",
     "src/s5cl/models.py",
-    "src/s5cl/data/streams.py",
+    "src/s5cl/datasets/streams.py",
 ]
 
 

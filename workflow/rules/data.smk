@@ -1,7 +1,10 @@
 rule download:
     input:
         "stages/download.py",
-        "src/s5cl/data/registry.py",
+        "src/s5cl/datasets/registry.py",
+        "src/s5cl/datasets/fetch.py",
+        "src/s5cl/datasets/archive.py",
+        "src/s5cl/datasets/npz.py",
     output:
         directory(RAW),
     params:
@@ -17,7 +20,8 @@ rule download:
 rule prepare:
     input:
         "stages/prepare.py",
-        "src/s5cl/data/prepare.py",
+        "src/s5cl/datasets/prepare.py",
+        "src/s5cl/datasets/npz.py",
         RAW,
     output:
         directory(PACKED),
@@ -34,7 +38,7 @@ rule prepare:
 rule split:
     input:
         "stages/split.py",
-        "src/s5cl/data/split.py",
+        "src/s5cl/datasets/split.py",
         PACKED,
     output:
         SPLIT,

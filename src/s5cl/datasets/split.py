@@ -12,18 +12,29 @@ ROLES = ("labeled", "unlabeled", "val", "test")
 
 
 def make_split(
-    labels: np.ndarray, cfg: SplitParams, seed: int, class_names: list[str] | None = None
+    labels: np.ndarray,
+    cfg: SplitParams,
+    seed: int,
+    class_names: list[str] | None = None,
+    subsets: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Stratified split: within each class, a seeded shuffle is cut into test, val, labeled and
-    unlabeled. Returns one row per image: `index` (row of the packed dataset), `label`, `role`."""
+    unlabeled. Returns one row per image: `index` (row of the packed dataset), `label`, `role`.
+
+    `subsets` (train/val/test per image) is the dataset's own split: its val and test images keep
+    those roles (as in the paper: trained on NCT-CRC-HE-100K, tested on CRC-VAL-HE-7K), and the
+    matching fraction is not cut from the training images.
+    """
     labels = np.asarray(labels)
+    subsets = np.full(len(labels), "train") if subsets is None else np.asarray(subsets)
     rng = np.random.default_rng(seed)
-    roles = np.empty(len(labels), dtype=object)
+    roles = np.where(np.isin(subsets, ("val", "test")), subsets, None).astype(object)
+    own_test, own_val = (subsets == "test").any(), (subsets == "val").any()
     for label in np.unique(labels):  # sorted, so the RNG stream is the same on every run
-        members = rng.permutation(np.flatnonzero(labels == label))
+        members = rng.permutation(np.flatnonzero((labels == label) & (subsets == "train")))
         n = len(members)
-        n_test = round(cfg.test_fraction * n)
-        n_val = round(cfg.val_fraction * n)
+        n_test = 0 if own_test else round(cfg.test_fraction * n)
+        n_val = 0 if own_val else round(cfg.val_fraction * n)
         pool = n - n_test - n_val
         if cfg.labels_per_class is not None:
             n_labeled = cfg.labels_per_class

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from s5cl.data.prepare import IMAGES, INDEX, STATS
+from s5cl.datasets.prepare import IMAGES, INDEX, STATS
 from s5cl.errors import UserError
 from s5cl.io import read_json
 

@@ -1,0 +1,394 @@
+"""The dataset registry: what `download` does for each `data.name`.
+
+Every dataset ends as `manifest.parquet` in `data/raw/<name>/`, one row per image:
+
+    source      image file, or .npz file (absolute, or relative to the raw folder)
+    member      array name inside the .npz ("" for image files)
+    row         row of that array (-1 for image files)
+    class_name  the label
+    subset      train | val | test: the dataset's own split ("train" when it has none)
+    md5         md5 of the image's bytes (file bytes, or the array row's bytes)
+
+Downloaded archives and their unpacked trees live in `data.downloads` (outside DVC's outputs, so
+a forced rerun never downloads 12 GB again); the manifest's md5s let `prepare` prove that
+nothing there changed since it was listed. Published class counts are checked after unpacking.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from s5cl.datasets.archive import extract_zip
+from s5cl.datasets.fetch import fetch, md5_bytes, md5_files
+from s5cl.datasets.npz import iter_rows
+from s5cl.errors import UserError
+from s5cl.io import atomic_path, write_parquet
+from s5cl.params import DataParams
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
+MANIFEST = "manifest.parquet"
+SUBSETS = ("train", "val", "test")
+COLUMNS = ["source", "member", "row", "class_name", "subset", "md5"]
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    name: str  # the file's name on its host and on disk
+    url: str
+    md5: str
+    size: int | None = None  # bytes, where published
+
+    def url_from(self, mirror: str | None) -> str:
+        """`data.mirror` serves the same file names from another base URL."""
+        return f"{mirror.rstrip('/')}/{self.name}" if mirror else self.url
+
+
+@dataclass(frozen=True)
+class ArchivePart:
+    """One zip of a class-folder dataset (`<top>/<CLASS>/<image>`) and the subset it forms."""
+
+    file: RemoteFile
+    subset: str
+    counts: Mapping[str, int] | None = None  # published images per class
+    total: int | None = None  # published image count, when per-class counts are not
+
+
+@dataclass(frozen=True)
+class ArraySet:
+    """A MedMNIST-style .npz: `<subset>_images` (N x H x W [x 3] uint8), `<subset>_labels`."""
+
+    file: RemoteFile
+    class_names: tuple[str, ...]  # label i is class_names[i]
+    totals: Mapping[str, int]  # rows per subset
+
+
+_KATHER = "https://zenodo.org/records/1214456/files/"
+_MEDMNIST = "https://zenodo.org/records/10519652/files/"
+
+NCT_CRC_HE_100K_COUNTS = {
+    "ADI": 10407, "BACK": 10566, "DEB": 11512, "LYM": 11557, "MUC": 8896,
+    "MUS": 13536, "NORM": 8763, "STR": 10446, "TUM": 14317,
+}  # fmt: skip
+CRC_VAL_HE_7K_COUNTS = {
+    "ADI": 1338, "BACK": 847, "DEB": 339, "LYM": 634, "MUC": 1035,
+    "MUS": 592, "NORM": 741, "STR": 421, "TUM": 1233,
+}  # fmt: skip
+CRC_VAL_HE_7K = ArchivePart(
+    RemoteFile(
+        "CRC-VAL-HE-7K.zip", _KATHER + "CRC-VAL-HE-7K.zip", "2fd1651b4f94ebd818ebf90ad2b6ce06"
+    ),
+    "test",
+    CRC_VAL_HE_7K_COUNTS,
+)
+
+ARCHIVES: dict[str, tuple[ArchivePart, ...]] = {
+    "nct_crc_he_100k": (
+        ArchivePart(
+            RemoteFile(
+                "NCT-CRC-HE-100K.zip",
+                _KATHER + "NCT-CRC-HE-100K.zip",
+                "6fd702d11df6292bc054397ae038a464",
+                11_690_284_003,
+            ),
+            "train",
+            NCT_CRC_HE_100K_COUNTS,
+        ),
+        CRC_VAL_HE_7K,
+    ),
+    "nct_crc_he_100k_nonorm": (
+        ArchivePart(
+            RemoteFile(
+                "NCT-CRC-HE-100K-NONORM.zip",
+                _KATHER + "NCT-CRC-HE-100K-NONORM.zip",
+                "035777cf327776a71a05c95da6d6325f",
+            ),
+            "train",
+            total=100_000,  # per-class counts are published for the normalised version only
+        ),
+        CRC_VAL_HE_7K,
+    ),
+}
+
+BLOODMNIST_CLASSES = (
+    "basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil",
+    "platelet",
+)  # fmt: skip
+ARRAYS: dict[str, ArraySet] = {
+    # PathMNIST: NCT-CRC-HE-100K split 9:1 into train/val, CRC-VAL-HE-7K as test, 28x28.
+    "pathmnist": ArraySet(
+        RemoteFile(
+            "pathmnist.npz", _MEDMNIST + "pathmnist.npz", "a8b06965200029087d5bd730944a56c1"
+        ),
+        ("ADI", "BACK", "DEB", "LYM", "MUC", "MUS", "NORM", "STR", "TUM"),
+        {"train": 89996, "val": 10004, "test": 7180},
+    ),
+    "bloodmnist": ArraySet(
+        RemoteFile(
+            "bloodmnist.npz", _MEDMNIST + "bloodmnist.npz", "7053d0359d879ad8a5505303e11de1dc"
+        ),
+        BLOODMNIST_CLASSES,
+        {"train": 11959, "val": 1712, "test": 3421},
+    ),
+}
+
+AML_MUNICH_COUNTS = {
+    "BAS": 79, "EBO": 78, "EOS": 424, "KSC": 15, "LYA": 11, "LYT": 3937, "MMZ": 15, "MOB": 26,
+    "MON": 1789, "MYB": 42, "MYO": 3268, "NGB": 109, "NGS": 8484, "PMB": 18, "PMO": 70,
+}  # fmt: skip
+AML_MUNICH_SOURCE = (
+    "get AML-Cytomorphology_LMU from The Cancer Imaging Archive "
+    "(https://doi.org/10.7937/tcia.2019.36f5o9ld; TCIA's download needs its NBIA Data Retriever), "
+    "then set data.root to the folder holding the 15 class folders BAS/ EBO/ ... PMO/"
+)
+
+
+# ---------------------------------------------------------------- listing what is on disk
+
+
+def _images_in(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def _class_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _descend(root: Path) -> Path:
+    """Unpacked archives often wrap the class folders in one top folder: step into it."""
+    while True:
+        entries = [p for p in root.iterdir() if not p.name.startswith(".")]
+        if len(entries) == 1 and entries[0].is_dir():
+            root = entries[0]
+        else:
+            return root
+
+
+def _frame(paths: list[Path], class_names: list[str], subsets: list[str] | str) -> pd.DataFrame:
+    """Manifest rows for image files: md5s are computed here, on a few threads."""
+    return pd.DataFrame(
+        {
+            "source": [str(p.resolve()) for p in paths],
+            "member": "",
+            "row": -1,
+            "class_name": class_names,
+            "subset": subsets,
+            "md5": md5_files(paths, desc="md5 images"),
+        },
+        columns=COLUMNS,
+    )
+
+
+def list_class_tree(root: Path, subset: str = "train") -> pd.DataFrame:
+    """`<root>/<class>/<image>` -> manifest rows (classes sorted, images sorted)."""
+    class_dirs = _class_folders(root)
+    if not class_dirs:
+        raise UserError(f"{root}: no class folders inside (expected <root>/<class>/<image>)")
+    paths, names = [], []
+    for class_dir in class_dirs:
+        files = _images_in(class_dir)
+        if not files:
+            raise UserError(f"{class_dir}: class folder has no images; remove it or add images")
+        paths += files
+        names += [class_dir.name] * len(files)
+    return _frame(paths, names, subset)
+
+
+def list_csv(csv: Path) -> pd.DataFrame:
+    """A CSV of `path,label[,subset]`; relative paths are relative to the CSV's folder."""
+    try:
+        table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise UserError(f"{csv}: cannot read as CSV ({error})") from None
+    missing = {"path", "label"} - set(table.columns)
+    if missing:
+        raise UserError(
+            f"{csv}: needs columns path,label (optional subset); it has {','.join(table.columns)}"
+        )
+    if table.empty:
+        raise UserError(f"{csv}: no rows")
+    subsets = table["subset"] if "subset" in table else pd.Series("train", index=table.index)
+    bad = ~subsets.isin(SUBSETS)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise UserError(
+            f"{csv} line {row + 2}: subset {subsets.iloc[row]!r} must be one of {SUBSETS}"
+        )
+    paths = [p if p.is_absolute() else csv.parent / p for p in map(Path, table["path"])]
+    for line, path in enumerate(paths, start=2):
+        if not path.is_file():
+            raise UserError(f"{csv} line {line}: {path} is not a file; fix the path or the row")
+        if table["label"].iloc[line - 2] == "":
+            raise UserError(f"{csv} line {line}: empty label")
+    return _frame(paths, table["label"].tolist(), subsets.tolist())
+
+
+def check_counts(
+    manifest: pd.DataFrame,
+    where: Path,
+    fix: str,
+    counts: Mapping[str, int] | None = None,
+    total: int | None = None,
+) -> None:
+    """Compare what was listed with the published counts; a difference is an error naming it."""
+    found = manifest["class_name"].value_counts().to_dict()
+    if counts is not None:
+        missing = sorted(set(counts) - set(found))
+        if missing:
+            raise UserError(f"{where}: class folders {', '.join(missing)} are missing; {fix}")
+        extra = sorted(set(found) - set(counts))
+        if extra:
+            raise UserError(f"{where}: unexpected class folders {', '.join(extra)}; {fix}")
+        for name, expected in counts.items():
+            if found[name] != expected:
+                raise UserError(
+                    f"{where}: class {name} has {found[name]} images, {expected} published; {fix}"
+                )
+    if total is not None and len(manifest) != total:
+        raise UserError(f"{where}: {len(manifest)} images, {total} published; {fix}")
+
+
+# ---------------------------------------------------------------- one fetcher per kind
+
+
+def fetch_digits(cfg: DataParams, raw: Path, downloads: Path) -> pd.DataFrame:
+    """scikit-learn's 1,797 8x8 handwritten digits, shipped inside the package: no network."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images / 16.0 * 255.0).round().astype(np.uint8)  # 0..16 -> 0..255
+    with atomic_path(raw / "digits.npz") as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, images=images)
+    names = [str(name) for name in digits.target_names]
+    return pd.DataFrame(
+        {
+            "source": "digits.npz",
+            "member": "images",
+            "row": np.arange(len(images)),
+            "class_name": [names[t] for t in digits.target],
+            "subset": "train",
+            "md5": [md5_bytes(img.tobytes()) for img in images],
+        },
+        columns=COLUMNS,
+    )
+
+
+def fetch_folder(cfg: DataParams, raw: Path, downloads: Path) -> pd.DataFrame:
+    """Your own images, left where they are: a `<root>/<class>/<image>` tree or a CSV."""
+    root = Path(cfg.root or "").expanduser()
+    if root.is_file() and root.suffix.lower() == ".csv":
+        return list_csv(root)
+    if not root.is_dir():
+        raise UserError(
+            f"data.root={cfg.root!r}: not a folder or a .csv "
+            "(expected <root>/<class>/<image>, or a CSV of path,label)"
+        )
+    return list_class_tree(root)
+
+
+def fetch_archives(cfg: DataParams, raw: Path, downloads: Path) -> pd.DataFrame:
+    """Zenodo zips of class folders (NCT-CRC-HE-100K and its test set CRC-VAL-HE-7K)."""
+    frames = []
+    for part in ARCHIVES[cfg.name]:
+        archive = downloads / part.file.name
+        fetch(part.file.url_from(cfg.mirror), archive, part.file.md5)
+        target = downloads / archive.stem
+        extract_zip(archive, target, part.file.md5)
+        root = _descend(target)
+        frame = list_class_tree(root, part.subset)
+        check_counts(
+            frame,
+            root,
+            f"the unpacked copy differs from the published dataset: delete {target} and rerun",
+            part.counts,
+            part.total,
+        )
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def fetch_arrays(cfg: DataParams, raw: Path, downloads: Path) -> pd.DataFrame:
+    """A MedMNIST .npz: its own train/val/test split, one manifest row per array row."""
+    spec = ARRAYS[cfg.name]
+    path = downloads / spec.file.name
+    fetch(spec.file.url_from(cfg.mirror), path, spec.file.md5)
+    frames = []
+    for subset in SUBSETS:
+        images = iter_rows(path, f"{subset}_images")
+        md5s = [md5_bytes(row.tobytes()) for block in images for row in block]
+        blocks = iter_rows(path, f"{subset}_labels")
+        labels = np.concatenate([block.reshape(len(block), -1)[:, 0] for block in blocks])
+        if len(labels) != len(md5s):
+            raise UserError(f"{path}: {subset}_images and {subset}_labels differ in length")
+        if len(md5s) != spec.totals[subset]:
+            raise UserError(
+                f"{path}: {len(md5s)} {subset} images, {spec.totals[subset]} published; "
+                "delete it and rerun the download"
+            )
+        if labels.min() < 0 or labels.max() >= len(spec.class_names):
+            raise UserError(f"{path}: {subset}_labels outside 0..{len(spec.class_names) - 1}")
+        frames.append(
+            pd.DataFrame(
+                {
+                    "source": str(path.resolve()),
+                    "member": f"{subset}_images",
+                    "row": np.arange(len(md5s)),
+                    "class_name": [spec.class_names[i] for i in labels],
+                    "subset": subset,
+                    "md5": md5s,
+                },
+                columns=COLUMNS,
+            )
+        )
+    return pd.concat(frames, ignore_index=True)
+
+
+def fetch_aml_munich(cfg: DataParams, raw: Path, downloads: Path) -> pd.DataFrame:
+    """Munich AML cytomorphology: TCIA has no plain URL, so check the user's local copy."""
+    if not cfg.root:
+        raise UserError(f"data.root is not set: {AML_MUNICH_SOURCE}")
+    root = Path(cfg.root).expanduser()
+    if not root.is_dir():
+        raise UserError(f"data.root={cfg.root!r} is not a folder: {AML_MUNICH_SOURCE}")
+    root = _descend(root)
+    present = {p.name for p in _class_folders(root)}
+    missing = sorted(set(AML_MUNICH_COUNTS) - present)
+    if missing:
+        raise UserError(
+            f"{root}: class folders {', '.join(missing)} are missing; {AML_MUNICH_SOURCE}"
+        )
+    extra = sorted(present - set(AML_MUNICH_COUNTS))
+    if extra:
+        warnings.warn(
+            f"{root}: ignoring folders that are not AML classes: {', '.join(extra)}", stacklevel=2
+        )
+    paths, names = [], []
+    for name in sorted(AML_MUNICH_COUNTS):
+        files = _images_in(root / name)
+        paths += files
+        names += [name] * len(files)
+    frame = _frame(paths, names, "train")
+    check_counts(frame, root, f"the copy is incomplete; {AML_MUNICH_SOURCE}", AML_MUNICH_COUNTS)
+    return frame
+
+
+FETCHERS: dict[str, Callable[[DataParams, Path, Path], pd.DataFrame]] = {
+    "digits": fetch_digits,
+    "folder": fetch_folder,
+    "aml_munich": fetch_aml_munich,
+    **{name: fetch_archives for name in ARCHIVES},
+    **{name: fetch_arrays for name in ARRAYS},
+}
+
+
+def download(cfg: DataParams, raw: Path, downloads: Path) -> pd.DataFrame:
+    """Fetch (or list and verify) a dataset and write its manifest into `raw`."""
+    raw.mkdir(parents=True, exist_ok=True)
+    manifest = FETCHERS[cfg.name](cfg, raw, downloads / cfg.name)
+    write_parquet(raw / MANIFEST, manifest)
+    return manifest
