@@ -141,3 +141,29 @@ def zip_tree(tree: dict[str, bytes]) -> bytes:
         for name, data in tree.items():
             zf.writestr(name, data)
     return buffer.getvalue()
+
+
+def digit_views(seed: int = 0):
+    """A real batch: 16 labeled digits (4 per class, as m-per-class would draw them) and 16
+    unlabeled ones, with weak and strong views, normalised."""
+    import numpy as np
+    import torch
+    from sklearn.datasets import load_digits
+
+    from s5cl.augment import normalize, strong_view, to_float, weak_view
+    from s5cl.params import AugmentParams
+
+    digits = load_digits()
+    rng = np.random.default_rng(seed)
+    labeled = np.concatenate([rng.choice(np.flatnonzero(digits.target == c), 4) for c in range(4)])
+    unlabeled = rng.choice(len(digits.target), 16, replace=False)
+    u8 = torch.from_numpy((digits.images / 16 * 255).astype(np.uint8))
+    gen = torch.Generator().manual_seed(seed)
+
+    def views(idx):
+        x = u8[idx][:, None].expand(-1, 3, 8, 8)
+        x = torch.nn.functional.interpolate(to_float(x.contiguous()), size=32, mode="bilinear")
+        return [weak_view(x, AugmentParams(), gen), strong_view(x, AugmentParams(), gen)]
+
+    x = normalize(torch.cat(views(labeled) + views(unlabeled)), [0.2] * 3, [0.3] * 3)
+    return x, torch.from_numpy(digits.target[labeled])

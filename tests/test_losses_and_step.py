@@ -1,13 +1,13 @@
-import numpy as np
 import pytest
 import torch
 from pytorch_metric_learning.losses import SupConLoss
 
-from s5cl.augment import normalize, strong_view, to_float, weak_view
 from s5cl.losses import S5CLLoss, supcon
+from s5cl.methods import step_loss
 from s5cl.models import S5CLNet
-from s5cl.params import AugmentParams
-from s5cl.train import seed_everything, step_loss
+from s5cl.train import seed_everything
+
+from .conftest import digit_views
 
 
 def test_supcon_pairs_the_two_views_of_each_image():
@@ -43,31 +43,10 @@ def test_s5cl_loss_is_the_weighted_sum_of_its_parts():
     assert loss.item() == pytest.approx(expected, rel=1e-5)
 
 
-def _fixed_views(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """A real batch: 16 labeled digits (4 per class, as m-per-class would draw them) and 16
-    unlabeled ones, with weak and strong views, normalised."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    rng = np.random.default_rng(seed)
-    labeled = np.concatenate([rng.choice(np.flatnonzero(digits.target == c), 4) for c in range(4)])
-    unlabeled = rng.choice(len(digits.target), 16, replace=False)
-    u8 = torch.from_numpy((digits.images / 16 * 255).astype(np.uint8))
-    gen = torch.Generator().manual_seed(seed)
-
-    def views(idx):
-        x = u8[idx][:, None].expand(-1, 3, 8, 8)
-        x = torch.nn.functional.interpolate(to_float(x.contiguous()), size=32, mode="bilinear")
-        return [weak_view(x, AugmentParams(), gen), strong_view(x, AugmentParams(), gen)]
-
-    x = normalize(torch.cat(views(labeled) + views(unlabeled)), [0.2] * 3, [0.3] * 3)
-    return x, torch.from_numpy(digits.target[labeled])
-
-
 @pytest.mark.parametrize("with_unlabeled", [False, True])
 def test_one_real_training_step_lowers_the_loss(with_unlabeled):
     seed_everything(0)
-    x, y_l = _fixed_views()
+    x, y_l = digit_views()
     if not with_unlabeled:
         x = x[: 2 * len(y_l)]
     y_u = torch.arange(16) + 10 if with_unlabeled else None

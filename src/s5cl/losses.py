@@ -63,10 +63,14 @@ class S5CLLoss:
         """
         if logits_weak.shape[0] != labels.shape[0]:
             raise ValueError(f"logits for {logits_weak.shape[0]} images, {labels.shape[0]} labels")
-        loss_l = supcon(emb_labeled, labels, self.tau_l)
         loss_c = F.cross_entropy(logits_weak, labels)
-        total = self.w_l * loss_l + self.w_c * loss_c
-        parts = {"loss_l": loss_l.item(), "loss_c": loss_c.item()}
+        parts = {"loss_c": loss_c.item()}
+        if self.w_l:  # w_l = 0 is the cross-entropy baseline: skip the SupCon work
+            loss_l = supcon(emb_labeled, labels, self.tau_l)
+            total = self.w_l * loss_l + self.w_c * loss_c
+            parts["loss_l"] = loss_l.item()
+        else:
+            total = self.w_c * loss_c
         if emb_unlabeled is not None:
             if targets_u is None:
                 raise ValueError("emb_unlabeled given without targets_u")

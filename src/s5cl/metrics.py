@@ -37,6 +37,32 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: 
     }
 
 
+def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, k: int = 5) -> dict:
+    """How well the embedding retrieves images of the same class, leave-one-out on one set.
+
+    embeddings: N x D (cosine similarity); labels: N. For each image, its k nearest other images:
+    precision_at_1 (the nearest shares its class), precision_at_k (fraction of the k that do),
+    knn_accuracy (their majority vote, ties to the lowest class id, is its class).
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    if embeddings.ndim != 2 or len(embeddings) != len(labels):
+        raise ValueError(f"embeddings {embeddings.shape} and labels {labels.shape} do not match")
+    if len(labels) <= k:
+        raise ValueError(f"need more than k={k} images for leave-one-out retrieval")
+    search = NearestNeighbors(n_neighbors=k + 1, metric="cosine").fit(embeddings)
+    _, neighbours = search.kneighbors(embeddings)
+    neighbours = np.array([row[row != i][:k] for i, row in enumerate(neighbours)])
+    hits = labels[neighbours] == labels[:, None]
+    votes = np.array([np.bincount(row, minlength=labels.max() + 1) for row in labels[neighbours]])
+    return {
+        "precision_at_1": float(hits[:, 0].mean()),
+        "precision_at_k": float(hits.mean()),
+        "knn_accuracy": float((votes.argmax(1) == labels).mean()),
+        "k": k,
+    }
+
+
 def _save(fig: plt.Figure, path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")

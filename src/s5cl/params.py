@@ -156,6 +156,13 @@ class PseudolabelParams(Section):
     batch_size: int = Field(512, ge=1)
 
 
+class FixMatchParams(Section):
+    """method: fixmatch (Sohn et al. 2020), in the s5cl and retrain phases."""
+
+    threshold: float = Field(0.95, ge=0, le=1, description="confidence a weak view needs")
+    weight: float = Field(1.0, ge=0, description="weight of the unlabeled consistency term")
+
+
 class RetrainParams(Section):
     """Continues S5CL (same s5cl.* settings, tau_p/w_p on the unlabeled stream) with the
     pseudo-labels of the pseudolabel stage as unlabeled targets."""
@@ -165,19 +172,59 @@ class RetrainParams(Section):
 
 class EvaluateParams(Section):
     batch_size: int = Field(512, ge=1)
+    knn_k: int = Field(5, ge=1, description="neighbours for kNN accuracy and precision@k")
+
+
+Method = Literal["s5cl", "supcon", "ce", "fixmatch", "mpl"]
+Metric = Literal[
+    "accuracy",
+    "balanced_accuracy",
+    "macro_f1",
+    "weighted_f1",
+    "precision_at_1",
+    "precision_at_k",
+    "knn_accuracy",
+]
+
+
+class SweepParams(Section):
+    """`snakemake sweep`: one cached run per method x budget x seed (workflow/rules/sweep.smk).
+    The stages never read this section."""
+
+    methods: list[Method] = Field(["ce", "supcon", "fixmatch", "mpl", "s5cl"], min_length=1)
+    budget: Literal["labels_per_class", "label_fraction"] = "labels_per_class"
+    budgets: list[float] = Field([5], min_length=1, description="label budgets to compare")
+    seeds: list[int] = Field([0], min_length=1)
+    metric: Metric = Field("accuracy", description="the figure's metric; the tables have all")
+    threads: int = Field(2, ge=1, description="CPU threads per run (runs go in parallel)")
+    reference: dict[str, dict[float, float]] | None = Field(
+        None, description="published figures per method and budget, drawn dashed"
+    )
+
+    @model_validator(mode="after")
+    def _budgets_fit_kind(self) -> SweepParams:
+        for value in self.budgets:
+            if self.budget == "labels_per_class" and (value < 1 or value != int(value)):
+                raise ValueError(f"sweep.budgets: {value} is not a whole number of labels >= 1")
+            if self.budget == "label_fraction" and not 0 < value <= 1:
+                raise ValueError(f"sweep.budgets: fraction {value} is not in (0, 1]")
+        return self
 
 
 class Params(Section):
     seed: int = Field(0, ge=0)
+    method: Method = Field("s5cl", description="what the training phases minimise (methods.py)")
     data: DataParams = DataParams()
     split: SplitParams = SplitParams()
     model: ModelParams = ModelParams()
     augment: AugmentParams = AugmentParams()
     warmup: SupervisedParams = SupervisedParams()
     s5cl: S5CLParams = S5CLParams()
+    fixmatch: FixMatchParams = FixMatchParams()
     pseudolabel: PseudolabelParams = PseudolabelParams()
     retrain: RetrainParams = RetrainParams()
     evaluate: EvaluateParams = EvaluateParams()
+    sweep: SweepParams = SweepParams()
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:

@@ -20,11 +20,17 @@ from s5cl.datasets.registry import download as fetch_dataset
 from s5cl.datasets.split import indices, make_split
 from s5cl.errors import UserError
 from s5cl.io import atomic_path, load_checkpoint, save_checkpoint, write_json, write_parquet
-from s5cl.metrics import classification_metrics, plot_confusion, plot_per_class_f1
+from s5cl.methods import Objective, UnlabeledTargets, make_objective
+from s5cl.metrics import (
+    classification_metrics,
+    plot_confusion,
+    plot_per_class_f1,
+    retrieval_metrics,
+)
 from s5cl.models import build_model, embed_and_predict, model_from_checkpoint
 from s5cl.params import Params
 from s5cl.pseudo import pseudo_summary, pseudo_targets, select_pseudo_labels
-from s5cl.train import UnlabeledTargets, pick_device, train
+from s5cl.train import pick_device, train
 
 EVALUATED = ("warmup", "s5cl", "final")
 
@@ -82,47 +88,57 @@ def _open(params: Params) -> tuple[PackedDataset, pd.DataFrame]:
     return data, table
 
 
-def _train_stage(
-    stage: str, params: Params, model, targets: UnlabeledTargets | None, steps: int, cfg
-) -> str:
-
+def _train_stage(stage: str, params: Params, objective: Objective, steps: int, cfg) -> str:
     data, table = _open(params)
     with Live(dir=str(layout.METRICS / stage), dvcyaml=None, save_dvc_exp=False) as live:
         checkpoint = train(
             stage,
-            model,
+            objective,
             params,
             cfg,
             steps,
             data,
             labeled=indices(table, "labeled"),
             val=indices(table, "val"),
-            unlabeled=indices(table, "unlabeled") if targets else None,
-            targets=targets,
+            unlabeled=indices(table, "unlabeled"),
             live=live,
         )
     save_checkpoint(layout.model_path(stage), checkpoint)
     final = checkpoint["final"]
     return (
-        f"{steps} steps, loss {final['loss']:.3f}, val acc {final.get('val_acc', float('nan')):.3f}"
-        f" -> {layout.model_path(stage)}"
+        f"{params.method}: {steps} steps, loss {final['loss']:.3f}, "
+        f"val acc {final.get('val_acc', float('nan')):.3f} -> {layout.model_path(stage)}"
     )
+
+
+def _previous(stage: str, params: Params) -> dict:
+    """The checkpoint a phase continues from; it must come from the same method."""
+    checkpoint = load_checkpoint(layout.model_path(stage))
+    if checkpoint.get("method", "s5cl") != params.method:
+        raise UserError(
+            f"{layout.model_path(stage)} was trained with method {checkpoint.get('method')!r}, "
+            f"not {params.method!r}; rerun the {stage} stage"
+        )
+    return checkpoint
 
 
 def warmup(params: Params) -> str:
     data = PackedDataset.open(layout.packed_dir(params.data.name))
     model = build_model(params.model, data.num_classes, params.seed)
-    return _train_stage("warmup", params, model, None, params.warmup.steps, params.warmup)
+    objective = make_objective("warmup", model, params, data.num_classes)
+    return _train_stage("warmup", params, objective, params.warmup.steps, params.warmup)
 
 
 def s5cl(params: Params) -> str:
     cfg = params.s5cl
-    model = model_from_checkpoint(load_checkpoint(layout.model_path("warmup")))
+    previous = _previous("warmup", params)
+    model = model_from_checkpoint(previous)
     mode = "instance" if cfg.switch_step is None else "online"
     targets = UnlabeledTargets(
         mode, cfg.tau_u, cfg.w_u, cfg.tau_p, cfg.w_p, switch_step=cfg.switch_step
     )
-    return _train_stage("s5cl", params, model, targets, cfg.steps, cfg)
+    objective = make_objective("s5cl", model, params, len(previous["class_names"]), targets)
+    return _train_stage("s5cl", params, objective, cfg.steps, cfg)
 
 
 def pseudolabel(params: Params) -> str:
@@ -158,8 +174,11 @@ def pseudolabel(params: Params) -> str:
 
 
 def retrain(params: Params) -> str:
+    """S5CL with the kept pseudo-labels as targets; the other methods continue their own
+    objective for the same number of steps, so every method gets the same budget."""
     cfg = params.s5cl
-    model = model_from_checkpoint(load_checkpoint(layout.model_path("s5cl")))
+    previous = _previous("s5cl", params)
+    model = model_from_checkpoint(previous)
     _, table = _open(params)
     pseudo = pd.read_parquet(layout.PSEUDO)
     if not np.array_equal(pseudo["index"].to_numpy(), indices(table, "unlabeled")):
@@ -167,7 +186,15 @@ def retrain(params: Params) -> str:
     targets = UnlabeledTargets(
         "pseudo", cfg.tau_u, cfg.w_u, cfg.tau_p, cfg.w_p, pseudo=pseudo_targets(pseudo)
     )
-    return _train_stage("retrain", params, model, targets, params.retrain.steps, cfg)
+    objective = make_objective(
+        "retrain",
+        model,
+        params,
+        len(previous["class_names"]),
+        targets,
+        teacher_state=previous.get("teacher"),
+    )
+    return _train_stage("retrain", params, objective, params.retrain.steps, cfg)
 
 
 def evaluate(params: Params) -> str:
@@ -177,7 +204,7 @@ def evaluate(params: Params) -> str:
     results, predictions = {}, []
     for name in EVALUATED:
         model = model_from_checkpoint(load_checkpoint(layout.MODELS / f"{name}.pt"))
-        _, probs = embed_and_predict(
+        embeddings, probs = embed_and_predict(
             model,
             data.images[test],
             data.mean,
@@ -188,6 +215,7 @@ def evaluate(params: Params) -> str:
         )
         predicted = probs.argmax(1)
         results[name] = classification_metrics(data.labels[test], predicted, data.class_names)
+        results[name] |= retrieval_metrics(embeddings, data.labels[test], params.evaluate.knn_k)
         plot_confusion(
             results[name]["confusion_matrix"],
             data.class_names,

@@ -1,8 +1,9 @@
-"""The training loop shared by warmup, s5cl and retrain; read it top to bottom.
+"""The training loop shared by warmup, s5cl and retrain, for every method; read it top to bottom.
 
-One step draws an m-per-class labeled batch and (except in warm-up) an unlabeled batch, makes a
-weak and a strong view of every image, embeds all views in one forward pass, and applies
-`S5CLLoss`. What the unlabeled images are pulled towards is the only difference between phases:
+One step draws an m-per-class labeled batch and (when the objective uses them) an unlabeled
+batch, makes a weak and a strong view of every image on the device, and hands the views to the
+method's objective (methods.py), which computes its loss and updates the model. For S5CL, what
+the unlabeled images are pulled towards is the only difference between phases:
 
     warmup   no unlabeled stream                       (SupCon_l + CE)
     s5cl     instance ids: self-supervised             (+ SupCon_u at tau_u)
@@ -14,7 +15,6 @@ from __future__ import annotations
 
 import os
 import random
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -24,9 +24,9 @@ from tqdm import tqdm
 from s5cl.augment import normalize, strong_view, to_float, weak_view
 from s5cl.datasets.packed import PackedDataset
 from s5cl.datasets.streams import labeled_batches, unlabeled_batches
-from s5cl.losses import S5CLLoss
+from s5cl.methods import Objective
 from s5cl.models import S5CLNet, embed_and_predict
-from s5cl.params import AugmentParams, Params, S5CLParams, SupervisedParams
+from s5cl.params import AugmentParams, Params, SupervisedParams
 
 STAGE_SEEDS = {"warmup": 1, "s5cl": 2, "retrain": 3}
 
@@ -47,19 +47,6 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-@dataclass
-class UnlabeledTargets:
-    """What the unlabeled images are pulled towards (see the module docstring)."""
-
-    mode: str  # "instance" | "pseudo" | "online"
-    instance_tau: float  # tau_u, w_u: for instance ids
-    instance_weight: float
-    tau: float  # tau_p, w_p: for pseudo-labels
-    weight: float
-    pseudo: np.ndarray | None = None  # per unlabeled position: class id, or -1 if not kept
-    switch_step: int | None = None  # mode "online": instance ids until this step
-
-
 def _two_views(x: torch.Tensor, aug: AugmentParams, gen: torch.Generator) -> list[torch.Tensor]:
     return [weak_view(x, aug, gen), strong_view(x, aug, gen)]
 
@@ -72,55 +59,9 @@ def validation_accuracy(model: S5CLNet, data: PackedDataset, val: np.ndarray, de
     return float((probs.argmax(1) == data.labels[val]).mean())
 
 
-def unlabeled_targets(
-    targets: UnlabeledTargets, positions: np.ndarray, step: int, num_classes: int, device
-) -> tuple[torch.Tensor | None, float, float]:
-    """Targets of one unlabeled batch and the (tau, weight) of their SupCon term.
-
-    Instance ids are offset by num_classes so they never collide with a class id. Returns None
-    targets for the online mode after its switch: the step computes them from the classifier.
-    """
-    n_u = len(positions)
-    instance = torch.arange(n_u, device=device) + num_classes
-    if targets.mode == "pseudo":
-        pseudo = torch.from_numpy(targets.pseudo[positions]).to(device)
-        return torch.where(pseudo >= 0, pseudo, instance), targets.tau, targets.weight
-    if targets.mode == "online" and step >= (targets.switch_step or 0):
-        return None, targets.tau, targets.weight
-    return instance, targets.instance_tau, targets.instance_weight
-
-
-def step_loss(
-    model: S5CLNet,
-    x: torch.Tensor,
-    y_l: torch.Tensor,
-    y_u: torch.Tensor | None,
-    loss_fn: S5CLLoss,
-) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
-    """One forward pass over all views and the S5CL loss.
-
-    x: normalised views, (2 B_l [+ 2 B_u]) x 3 x H x W, ordered labeled weak, labeled strong,
-    unlabeled weak, unlabeled strong. y_l: B_l labels. y_u: B_u targets; None with unlabeled
-    views means "the classifier's argmax on the weak views" (the paper's online pseudo-labels).
-    Returns (loss, its parts, classifier logits of the labeled weak views).
-    """
-    n_l = len(y_l)
-    emb = model.embed(x)
-    emb_l, emb_u = emb[: 2 * n_l], emb[2 * n_l :]
-    logits = model.classifier(emb_l[:n_l])  # CE on the weak views of labeled images
-    if len(emb_u) == 0:
-        loss, parts = loss_fn(emb_l, y_l, logits)
-        return loss, parts, logits
-    if y_u is None:
-        with torch.no_grad():
-            y_u = model.classifier(emb_u[: len(emb_u) // 2]).argmax(1)
-    loss, parts = loss_fn(emb_l, y_l, logits, emb_u, y_u)
-    return loss, parts, logits
-
-
 def train(
     stage: str,
-    model: S5CLNet,
+    objective: Objective,
     params: Params,
     cfg: SupervisedParams,
     steps: int,
@@ -128,48 +69,39 @@ def train(
     labeled: np.ndarray,
     val: np.ndarray,
     unlabeled: np.ndarray | None = None,
-    targets: UnlabeledTargets | None = None,
     live: Any = None,
 ) -> dict[str, Any]:
-    """Train `model` in place for `steps` steps; returns a checkpoint dict (with its config)."""
+    """Train `objective.model` in place for `steps` steps; returns a checkpoint dict (with its
+    config and the objective's state: optimizers, an MPL teacher)."""
     device = pick_device()
     gen = seed_everything(params.seed * 100 + STAGE_SEEDS[stage])
+    model = objective.model
     model.to(device, memory_format=torch.channels_last).train()  # faster convolutions
-    optimizer = torch.optim.Adamax(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     labeled_stream = labeled_batches(
         labeled, data.labels[labeled], cfg.batch_labeled, cfg.m_per_class
     )
     unlabeled_stream = None
-    if targets is not None:
-        assert isinstance(cfg, S5CLParams) and unlabeled is not None
-        unlabeled_stream = unlabeled_batches(unlabeled, cfg.batch_unlabeled, gen)
-    num_classes = data.num_classes
+    if objective.uses_unlabeled:
+        if unlabeled is None or len(unlabeled) == 0:
+            raise ValueError(f"{stage}: {params.method} needs unlabeled images; the split has none")
+        unlabeled_stream = unlabeled_batches(unlabeled, params.s5cl.batch_unlabeled, gen)
     history: list[dict[str, float]] = []
     val_acc = float("nan")
 
-    bar = tqdm(range(steps), desc=stage, unit="step", dynamic_ncols=True)
+    bar = tqdm(range(steps), desc=f"{stage} ({params.method})", unit="step", dynamic_ncols=True)
     for step in bar:
         idx_l = next(labeled_stream)
         x_l = to_float(data.batch(idx_l, device))
         y_l = torch.from_numpy(data.labels[idx_l]).to(device)
         views = _two_views(x_l, params.augment, gen)
+        pos_u = None
         if unlabeled_stream is not None:
             idx_u, pos_u = next(unlabeled_stream)
             views += _two_views(to_float(data.batch(idx_u, device)), params.augment, gen)
         x = normalize(torch.cat(views), data.mean, data.std)
         x = x.contiguous(memory_format=torch.channels_last)
 
-        y_u, loss_fn = None, S5CLLoss(cfg.tau_l, cfg.w_l, cfg.w_c)
-        if targets is not None:
-            y_u, tau, weight = unlabeled_targets(targets, pos_u, step, num_classes, device)
-            loss_fn = S5CLLoss(cfg.tau_l, cfg.w_l, cfg.w_c, tau, weight)
-        loss, parts, logits = step_loss(model, x, y_l, y_u, loss_fn)
-        if not np.isfinite(parts["loss"]):
-            raise FloatingPointError(f"{stage}: loss is {parts['loss']} at step {step}")
-
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        parts, logits = objective.update(x, y_l, pos_u, step)
 
         parts["train_acc"] = float((logits.argmax(1) == y_l).float().mean())
         if (step + 1) % cfg.eval_every == 0 or step + 1 == steps:
@@ -184,9 +116,10 @@ def train(
 
     return {
         "stage": stage,
+        "method": params.method,
         "step": steps,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "optimizer": optimizer.state_dict(),
+        **objective.state_dict(),
         "params": params.model_dump(),
         "class_names": data.class_names,
         "mean": data.mean,

@@ -11,6 +11,7 @@ SPLIT = "data/splits/split.parquet"
 TORCH_THREADS = min(workflow.cores, os.cpu_count() or 1)
 TRAIN_CODE = [
     "src/s5cl/train.py",
+    "src/s5cl/methods.py",
     "src/s5cl/losses.py",
     "src/s5cl/augment.py",
     "src/s5cl/models.py",

@@ -8,7 +8,7 @@ rule warmup:
         model="models/warmup.pt",
         metrics="metrics/warmup/metrics.json",
     params:
-        sets=stage_args("seed", "data", "model", "augment", "warmup"),
+        sets=stage_args("seed", "method", "data", "model", "augment", "warmup"),
     threads: TORCH_THREADS
     log:
         "logs/warmup.log",
@@ -29,7 +29,7 @@ rule s5cl:
         model="models/s5cl.pt",
         metrics="metrics/s5cl/metrics.json",
     params:
-        sets=stage_args("seed", "data", "augment", "s5cl"),
+        sets=stage_args("seed", "method", "data", "augment", "s5cl", "fixmatch"),
     threads: TORCH_THREADS
     log:
         "logs/s5cl.log",
@@ -72,7 +72,7 @@ rule retrain:
         model="models/final.pt",
         metrics="metrics/retrain/metrics.json",
     params:
-        sets=stage_args("seed", "data", "augment", "s5cl", "retrain"),
+        sets=stage_args("seed", "method", "data", "augment", "s5cl", "fixmatch", "retrain"),
     threads: TORCH_THREADS
     log:
         "logs/retrain.log",
