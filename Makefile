@@ -18,5 +18,5 @@ run: setup
 	dvc repro
 
 test: setup
-	ruff check src stages tests benchmarks
+	ruff check src stages tests bench
 	pytest

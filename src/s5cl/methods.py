@@ -233,7 +233,7 @@ class MPLObjective:
         x_l = x[:n_l]
         x_u_weak, x_u_strong = x[2 * n_l :].chunk(2)
         n_u = len(x_u_weak)
-        self.teacher.to(x.device, memory_format=torch.channels_last).train()
+        self.teacher.train()
 
         t_logits = self.teacher(torch.cat([x_l, x_u_weak, x_u_strong]))
         t_logits_l, t_logits_u_weak, t_logits_u_strong = t_logits.split([n_l, n_u, n_u])

@@ -11,6 +11,7 @@ from torch import nn
 from torchvision.models import ResNet18_Weights, resnet18
 
 from s5cl.augment import normalize, to_float
+from s5cl.datasets.packed import PackedDataset
 from s5cl.errors import UserError
 from s5cl.params import ModelParams
 
@@ -36,10 +37,15 @@ class S5CLNet(nn.Module):
             self.encoder.load_state_dict(state)
         self.embedder = nn.Linear(feature_dim, embedding_dim)
         self.classifier = nn.Linear(embedding_dim, num_classes)
+        self.autocast: torch.dtype | None = None  # set by device.configure
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """B x 3 x H x W normalised images -> B x embedding_dim."""
-        return self.embedder(self.encoder(x))
+        """B x 3 x H x W normalised images -> B x embedding_dim, in fp32 whatever the autocast
+        dtype, so losses and the classifier always see fp32."""
+        if self.autocast is None:
+            return self.embedder(self.encoder(x))
+        with torch.autocast(x.device.type, dtype=self.autocast):
+            return self.embedder(self.encoder(x)).float()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.embed(x))
@@ -60,23 +66,23 @@ def model_from_checkpoint(checkpoint: dict[str, Any]) -> S5CLNet:
 @torch.no_grad()
 def embed_and_predict(
     model: S5CLNet,
-    images: np.ndarray,
-    mean: list[float],
-    std: list[float],
+    data: PackedDataset,
+    rows: np.ndarray,
     device: torch.device,
     batch_size: int = 512,
     progress: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Embeddings (N x D) and class probabilities (N x C) of N x H x W x 3 uint8 images."""
+    """Embeddings (N x D) and class probabilities (N x C) of the packed images `rows`, read
+    from the memmap one batch at a time (100K images never sit in memory at once)."""
     from tqdm import tqdm
 
     model.eval().to(device)
     embeddings, probabilities = [], []
-    starts = range(0, len(images), batch_size)
+    starts = range(0, len(rows), batch_size)
     for start in tqdm(starts, desc=progress, unit="batch", disable=progress is None, leave=False):
-        block = torch.from_numpy(np.asarray(images[start : start + batch_size])).to(device)
-        x = normalize(to_float(block.permute(0, 3, 1, 2)), mean, std)
-        emb = model.embed(x)
+        block = data.batch(rows[start : start + batch_size], device)
+        x = normalize(to_float(block), data.mean, data.std)
+        emb = model.embed(x.contiguous(memory_format=torch.channels_last))
         embeddings.append(emb.cpu())
         probabilities.append(model.classifier(emb).softmax(1).cpu())
     return torch.cat(embeddings).numpy(), torch.cat(probabilities).numpy()

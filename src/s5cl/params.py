@@ -100,7 +100,32 @@ class AugmentParams(Section):
     jitter: float = Field(0.1, ge=0, le=1, description="colour jitter strength (weak and strong)")
     hed_sigma: float = Field(0.01, ge=0, le=0.5, description="HED stain jitter (strong)")
     crop_scale_min: float = Field(0.5, gt=0, le=1, description="random resized crop (strong)")
-    affine: float = Field(0.05, ge=0, le=0.5, description="random affine magnitude (strong)")
+    affine: float = Field(
+        0.05,
+        ge=0,
+        le=0.5,
+        description="random affine a (strong): rotation and shear ±180a degrees, shift ±a, "
+        "scale 1±a",
+    )
+
+
+class ComputeParams(Section):
+    """How the network runs; the data path is the same either way."""
+
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto",
+        description="autocast dtype of the network's forward pass; auto: bf16 on a GPU that "
+        "supports it, else fp32 (CPUs without bf16 units run it slower)",
+    )
+    compile: bool = Field(
+        False, description="torch.compile the encoder (slow first steps, faster after; GPU)"
+    )
+    fuse_augment: bool = Field(
+        True,
+        description="torch.compile the augmentations' per-pixel steps into one kernel per view "
+        "(several times faster; compiled once per process); where it cannot compile, eager "
+        "PyTorch with a warning",
+    )
 
 
 class SupervisedParams(Section):
@@ -218,6 +243,7 @@ class Params(Section):
     split: SplitParams = SplitParams()
     model: ModelParams = ModelParams()
     augment: AugmentParams = AugmentParams()
+    compute: ComputeParams = ComputeParams()
     warmup: SupervisedParams = SupervisedParams()
     s5cl: S5CLParams = S5CLParams()
     fixmatch: FixMatchParams = FixMatchParams()

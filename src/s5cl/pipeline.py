@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 from dvclive import Live
 
 from s5cl import layout
@@ -18,6 +19,7 @@ from s5cl.datasets.prepare import INDEX
 from s5cl.datasets.prepare import prepare as pack_dataset
 from s5cl.datasets.registry import download as fetch_dataset
 from s5cl.datasets.split import indices, make_split
+from s5cl.device import configure, pick_device
 from s5cl.errors import UserError
 from s5cl.io import atomic_path, load_checkpoint, save_checkpoint, write_json, write_parquet
 from s5cl.methods import Objective, UnlabeledTargets, make_objective
@@ -27,10 +29,10 @@ from s5cl.metrics import (
     plot_per_class_f1,
     retrieval_metrics,
 )
-from s5cl.models import build_model, embed_and_predict, model_from_checkpoint
+from s5cl.models import S5CLNet, build_model, embed_and_predict, model_from_checkpoint
 from s5cl.params import Params
 from s5cl.pseudo import pseudo_summary, pseudo_targets, select_pseudo_labels
-from s5cl.train import pick_device, train
+from s5cl.train import train
 
 EVALUATED = ("warmup", "s5cl", "final")
 
@@ -122,6 +124,12 @@ def _previous(stage: str, params: Params) -> dict:
     return checkpoint
 
 
+def _for_inference(path: Path, params: Params, device: torch.device) -> S5CLNet:
+    model = model_from_checkpoint(load_checkpoint(path))
+    configure(model, params.compute, device)
+    return model
+
+
 def warmup(params: Params) -> str:
     data = PackedDataset.open(layout.packed_dir(params.data.name))
     model = build_model(params.model, data.num_classes, params.seed)
@@ -143,16 +151,11 @@ def s5cl(params: Params) -> str:
 
 def pseudolabel(params: Params) -> str:
     data, table = _open(params)
-    model = model_from_checkpoint(load_checkpoint(layout.model_path("s5cl")))
+    device = pick_device()
+    model = _for_inference(layout.model_path("s5cl"), params, device)
     unlabeled = indices(table, "unlabeled")
     _, probs = embed_and_predict(
-        model,
-        data.images[unlabeled],
-        data.mean,
-        data.std,
-        pick_device(),
-        params.pseudolabel.batch_size,
-        progress="pseudolabel",
+        model, data, unlabeled, device, params.pseudolabel.batch_size, progress="pseudolabel"
     )
     label, confidence, kept = select_pseudo_labels(probs, params.pseudolabel)
     pseudo = pd.DataFrame(
@@ -203,15 +206,9 @@ def evaluate(params: Params) -> str:
     device = pick_device()
     results, predictions = {}, []
     for name in EVALUATED:
-        model = model_from_checkpoint(load_checkpoint(layout.MODELS / f"{name}.pt"))
+        model = _for_inference(layout.MODELS / f"{name}.pt", params, device)
         embeddings, probs = embed_and_predict(
-            model,
-            data.images[test],
-            data.mean,
-            data.std,
-            device,
-            params.evaluate.batch_size,
-            progress=f"evaluate {name}",
+            model, data, test, device, params.evaluate.batch_size, progress=f"evaluate {name}"
         )
         predicted = probs.argmax(1)
         results[name] = classification_metrics(data.labels[test], predicted, data.class_names)

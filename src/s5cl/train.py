@@ -13,7 +13,6 @@ the unlabeled images are pulled towards is the only difference between phases:
 
 from __future__ import annotations
 
-import os
 import random
 from typing import Any
 
@@ -21,22 +20,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from s5cl.augment import normalize, strong_view, to_float, weak_view
+from s5cl.augment import pixel_kernels, training_views
 from s5cl.datasets.packed import PackedDataset
 from s5cl.datasets.streams import labeled_batches, unlabeled_batches
+from s5cl.device import augment_chunk, configure, pick_device
 from s5cl.methods import Objective
 from s5cl.models import S5CLNet, embed_and_predict
-from s5cl.params import AugmentParams, Params, SupervisedParams
+from s5cl.params import Params, SupervisedParams
 
 STAGE_SEEDS = {"warmup": 1, "s5cl": 2, "retrain": 3}
-
-
-def pick_device() -> torch.device:
-    """`cuda` when present, else CPU; S5CL_DEVICE=cpu forces the CPU."""
-    wanted = os.environ.get("S5CL_DEVICE", "auto")
-    if wanted == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(wanted)
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -47,14 +39,10 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-def _two_views(x: torch.Tensor, aug: AugmentParams, gen: torch.Generator) -> list[torch.Tensor]:
-    return [weak_view(x, aug, gen), strong_view(x, aug, gen)]
-
-
 def validation_accuracy(model: S5CLNet, data: PackedDataset, val: np.ndarray, device) -> float:
     if len(val) == 0:
         return float("nan")
-    _, probs = embed_and_predict(model, data.images[val], data.mean, data.std, device)
+    _, probs = embed_and_predict(model, data, val, device)
     model.train()
     return float((probs.argmax(1) == data.labels[val]).mean())
 
@@ -74,9 +62,14 @@ def train(
     """Train `objective.model` in place for `steps` steps; returns a checkpoint dict (with its
     config and the objective's state: optimizers, an MPL teacher)."""
     device = pick_device()
+    chunk = augment_chunk(device)
+    kernels = pixel_kernels(params.compute.fuse_augment)
     gen = seed_everything(params.seed * 100 + STAGE_SEEDS[stage])
     model = objective.model
-    model.to(device, memory_format=torch.channels_last).train()  # faster convolutions
+    for network in (model, getattr(objective, "teacher", None)):  # MPL has a teacher too
+        if network is not None:
+            configure(network, params.compute, device)
+    model.train()
     labeled_stream = labeled_batches(
         labeled, data.labels[labeled], cfg.batch_labeled, cfg.m_per_class
     )
@@ -91,15 +84,22 @@ def train(
     bar = tqdm(range(steps), desc=f"{stage} ({params.method})", unit="step", dynamic_ncols=True)
     for step in bar:
         idx_l = next(labeled_stream)
-        x_l = to_float(data.batch(idx_l, device))
+        batches = [data.batch(idx_l, device)]  # uint8 on the device
         y_l = torch.from_numpy(data.labels[idx_l]).to(device)
-        views = _two_views(x_l, params.augment, gen)
         pos_u = None
         if unlabeled_stream is not None:
             idx_u, pos_u = next(unlabeled_stream)
-            views += _two_views(to_float(data.batch(idx_u, device)), params.augment, gen)
-        x = normalize(torch.cat(views), data.mean, data.std)
-        x = x.contiguous(memory_format=torch.channels_last)
+            batches.append(data.batch(idx_u, device))
+        x = training_views(
+            batches,
+            params.augment,
+            gen,
+            data.mean,
+            data.std,
+            chunk,
+            channels_last=True,
+            kernels=kernels,
+        )
 
         parts, logits = objective.update(x, y_l, pos_u, step)
 

@@ -15,6 +15,7 @@ TRAIN_CODE = [
     "src/s5cl/losses.py",
     "src/s5cl/augment.py",
     "src/s5cl/models.py",
+    "src/s5cl/device.py",
     "src/s5cl/datasets/streams.py",
 ]
 

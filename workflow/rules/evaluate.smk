@@ -2,6 +2,8 @@ rule evaluate:
     input:
         "stages/evaluate.py",
         "src/s5cl/metrics.py",
+        "src/s5cl/models.py",
+        "src/s5cl/device.py",
         PACKED,
         SPLIT,
         "models/warmup.pt",
@@ -12,7 +14,7 @@ rule evaluate:
         predictions="metrics/predictions.csv",
         plots=directory("plots"),
     params:
-        sets=stage_args("data", "evaluate"),
+        sets=stage_args("data", "compute", "evaluate"),
     threads: TORCH_THREADS
     log:
         "logs/evaluate.log",

@@ -8,7 +8,7 @@ rule warmup:
         model="models/warmup.pt",
         metrics="metrics/warmup/metrics.json",
     params:
-        sets=stage_args("seed", "method", "data", "model", "augment", "warmup"),
+        sets=stage_args("seed", "method", "data", "model", "augment", "compute", "warmup"),
     threads: TORCH_THREADS
     log:
         "logs/warmup.log",
@@ -29,7 +29,7 @@ rule s5cl:
         model="models/s5cl.pt",
         metrics="metrics/s5cl/metrics.json",
     params:
-        sets=stage_args("seed", "method", "data", "augment", "s5cl", "fixmatch"),
+        sets=stage_args("seed", "method", "data", "augment", "compute", "s5cl", "fixmatch"),
     threads: TORCH_THREADS
     log:
         "logs/s5cl.log",
@@ -43,6 +43,8 @@ rule pseudolabel:
     input:
         "stages/pseudolabel.py",
         "src/s5cl/pseudo.py",
+        "src/s5cl/models.py",
+        "src/s5cl/device.py",
         PACKED,
         SPLIT,
         "models/s5cl.pt",
@@ -50,7 +52,7 @@ rule pseudolabel:
         pseudo="data/pseudo/pseudo.parquet",
         metrics="metrics/pseudolabel.json",
     params:
-        sets=stage_args("data", "pseudolabel"),
+        sets=stage_args("data", "compute", "pseudolabel"),
     threads: TORCH_THREADS
     log:
         "logs/pseudolabel.log",
@@ -72,7 +74,7 @@ rule retrain:
         model="models/final.pt",
         metrics="metrics/retrain/metrics.json",
     params:
-        sets=stage_args("seed", "method", "data", "augment", "s5cl", "fixmatch", "retrain"),
+        sets=stage_args("seed", "method", "data", "augment", "compute", "s5cl", "fixmatch", "retrain"),
     threads: TORCH_THREADS
     log:
         "logs/retrain.log",

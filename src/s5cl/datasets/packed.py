@@ -36,6 +36,9 @@ class PackedDataset:
         return len(self.class_names)
 
     def batch(self, indices: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
-        """Rows `indices` as a B x 3 x H x W uint8 tensor on `device` (no per-image Python)."""
+        """Rows `indices` as a B x 3 x H x W uint8 tensor on `device`: one gather from the
+        memmap, uint8 over the bus (4x less than float), pinned for an asynchronous copy."""
         block = torch.from_numpy(self.images[np.asarray(indices)])
+        if device.type == "cuda":
+            block = block.pin_memory()
         return block.to(device, non_blocking=True).permute(0, 3, 1, 2)

@@ -1,7 +1,7 @@
 """How `prepare` scales: throughput (images/s) and peak memory on pbc-240 (1,920 real JPEGs) and
 on a synthetic 20,000-image folder, measured side by side in one run.
 
-    python benchmarks/prepare_scaling.py [--sizes 32 224] [--workers N] [--count 20000]
+    python bench/prepare_scaling.py [--sizes 32 224] [--workers N] [--count 20000]
 
 The synthetic folder holds hard links (or copies) of the pbc-240 JPEGs under new names in
 8 class folders, so every image costs a real JPEG decode. Each measurement runs in a fresh
