@@ -5,7 +5,8 @@ on a synthetic 20,000-image folder, measured side by side in one run.
 
 The synthetic folder holds hard links (or copies) of the pbc-240 JPEGs under new names in
 8 class folders, so every image costs a real JPEG decode. Each measurement runs in a fresh
-process; peak RSS is that process's (`ru_maxrss`) and, separately, the largest decoding worker's.
+process; peak RSS is that process's (VmHWM: getrusage's ru_maxrss would carry over this
+script's own peak across exec) and, separately, the largest decoding worker's.
 If memory is bounded, the 20,000-image peak is close to the 1,920-image one.
 """
 
@@ -31,9 +32,10 @@ raw, out, size, workers = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 start = time.perf_counter()
 stats = prepare(raw, out, size, workers)
 seconds = time.perf_counter() - start
+peak = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
 print(json.dumps({
     "images": stats["shape"][0], "seconds": seconds,
-    "rss_main_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "rss_main_mb": int(peak.split()[1]) / 1024,
     "rss_worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
 }))
 """

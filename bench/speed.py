@@ -20,7 +20,8 @@ compared. The last line is `data-path speedup X.Xx, train-step speedup Y.Yx`.
 It then counts the FLOPs of one S5CL step at the paper's batch (32 labeled + 128 unlabeled
 images, two views each, 224 px) with torch's FlopCounterMode and turns them into an estimate of
 the reference 5-epoch NCT-CRC-HE-100K run (3,906 steps) on one GPU, for a stated sustained
-throughput. `--memory` measures peak RSS of prepare and of training on a 20,000-image set.
+throughput. `--memory` measures peak RSS of training on a 20,000-image set (prepare's is
+bench/prepare_scaling.py's).
 """
 
 from __future__ import annotations
@@ -309,16 +310,8 @@ def gather_seconds(data: PackedDataset, images: int, calls: int = 20) -> float:
 
 # ---------------------------------------------------------------- peak memory (--memory)
 
-MEMORY_PREPARE = """
-import json, resource, sys
-from pathlib import Path
-from s5cl.datasets.prepare import prepare
-prepare(Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]))
-print(json.dumps({"main": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "worker": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
-"""
 MEMORY_TRAIN = """
-import json, resource, sys
+import json, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
 from speed import our_training
@@ -326,48 +319,34 @@ from s5cl.datasets.packed import PackedDataset
 from s5cl.models import S5CLNet
 data = PackedDataset.open(Path(sys.argv[1]))
 our_training(data, S5CLNet(data.num_classes), 32, 32)(int(sys.argv[2]))
-status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
-print(json.dumps({"peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "anon": int(status["RssAnon"].split()[0]) / 1024,
-                  "file": int(status["RssFile"].split()[0]) / 1024}))
+# /proc, not getrusage: ru_maxrss survives execve, so a child would report its parent's peak
+status = {k: int(v.split()[0]) / 1024 for k, v in
+          (line.split(":", 1) for line in open("/proc/self/status")) if v.strip().endswith("kB")}
+print(json.dumps({"peak": status["VmHWM"], "anon": status["RssAnon"], "file": status["RssFile"]}))
 """
 
 
-def _child(code: str, *args: str) -> dict:
-    result = subprocess.run(
-        [sys.executable, "-c", code, *args], check=True, capture_output=True, text=True
-    )
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def memory(work: Path, count: int, steps: int) -> None:
-    """Peak RSS of prepare and of training at 224 px: pbc-240 (1,920) against `count` images
-    (hard links to pbc-240's JPEGs under new names, so every one is a real decode)."""
-    sources = sorted(PBC.glob("*/*.jpg"))
-    big = work / f"synthetic-{count}"
-    for i in range(count):
-        target = big / sources[i % len(sources)].parent.name / f"{i:06d}.jpg"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.link(sources[i % len(sources)], target)
-    print(
-        f"\npeak memory at {SIZE} px ({os.cpu_count()} CPUs; "
-        f"training: {steps} steps of 32 + 32 images)"
-    )
-    print(
-        f"{'images':>8} {'prepare main':>13} {'prepare worker':>15}"
-        f" {'train peak':>11} {'train anon':>11} {'train file':>11}"
-    )
+    """Peak RSS of training at 224 px in a fresh process: pbc-240 (1,920 images) against
+    `count` (prepare's own memory is bench/prepare_scaling.py's)."""
+    from prepare_scaling import synthetic_folder
+
+    big = synthetic_folder(work / f"synthetic-{count}", count)
+    print(f"\npeak memory of training at {SIZE} px ({steps} steps of 32 + 32 images)")
+    print(f"{'images':>8} {'packed':>10} {'peak RSS':>10} {'anon':>10} {'file-backed':>12}")
     for root in (PBC, big):
-        raw, packed = work / f"raw-{root.name}", work / f"packed-{root.name}"
-        download(DataParams(name="folder", root=str(root)), raw, raw)
-        prep = _child(MEMORY_PREPARE, str(raw), str(packed), str(SIZE))
-        trained = _child(MEMORY_TRAIN, str(packed), str(steps), str(Path(__file__).parent))
-        n = len(PackedDataset.open(packed).labels)
+        data = pack(root, work / f"memory-{root.name}")
+        result = subprocess.run(
+            [sys.executable, "-c", MEMORY_TRAIN, str(work / f"memory-{root.name}" / "packed"),
+             str(steps), str(Path(__file__).parent)],
+            check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        used = json.loads(result.stdout.strip().splitlines()[-1])
         print(
-            f"{n:>8} {prep['main']:>10.0f} MB {prep['worker']:>12.0f} MB"
-            f" {trained['peak']:>8.0f} MB {trained['anon']:>8.0f} MB {trained['file']:>8.0f} MB"
+            f"{len(data.labels):>8} {data.images.nbytes / 2**20:>7.0f} MB {used['peak']:>7.0f} MB"
+            f" {used['anon']:>7.0f} MB {used['file']:>9.0f} MB"
         )
-        shutil.rmtree(packed)
+        shutil.rmtree(work / f"memory-{root.name}")
 
 
 # ---------------------------------------------------------------- main
