@@ -198,7 +198,7 @@ def our_views(data: PackedDataset, batch: int, device, gen: torch.Generator) -> 
     from s5cl.params import AugmentParams, ComputeParams
 
     aug = AugmentParams(flip_rotate=True)
-    chunk, kernels = augment_chunk(device), pixel_kernels(ComputeParams().fuse_augment)
+    chunk, kernels = augment_chunk(device), pixel_kernels(ComputeParams().fuse_augment, device)
 
     def one_batch() -> torch.Tensor:
         rows = np.sort(torch.randint(0, len(data.labels), (batch,), generator=gen).numpy())

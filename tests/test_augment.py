@@ -8,6 +8,7 @@ import torchvision.transforms.functional as TF
 from torchvision.transforms import InterpolationMode
 
 from s5cl.augment import (
+    EAGER,
     Affine,
     ColorFactors,
     FlipRotate,
@@ -18,6 +19,7 @@ from s5cl.augment import (
     apply_stains,
     crop_theta,
     flip_rotate_theta,
+    fused_kernels,
     hed_to_rgb,
     normalize,
     pixel_kernels,
@@ -105,6 +107,14 @@ def test_training_views_are_the_views_of_each_batch_normalised_whatever_the_chun
     expected = normalize(torch.cat(expected), mean, std)
     assert out.is_contiguous(memory_format=torch.channels_last)
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+def test_fused_kernels_fall_back_to_eager_with_a_warning_where_they_cannot_compile():
+    if torch.cuda.is_available():
+        pytest.skip("this machine compiles for CUDA: no failure to provoke")
+    with pytest.warns(UserWarning, match="fuse_augment: torch.compile failed on cuda"):
+        kernels = fused_kernels("cuda")
+    assert kernels is EAGER
 
 
 def test_warp_into_out_is_warp():

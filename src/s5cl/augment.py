@@ -432,33 +432,36 @@ EAGER = PixelKernels(_weak_pixels, _strong_pixels, fused=False)
 
 
 @functools.cache
-def fused_kernels() -> PixelKernels:
+def fused_kernels(device_type: str = "cpu") -> PixelKernels:
     """The same functions through torch.compile (Inductor: C++/OpenMP on a CPU, Triton on a
     GPU), compiled once for any batch and image size; grid_sample stays eager, as ATen's kernel
-    beats Inductor's decomposition of it. Where this machine cannot compile them, EAGER with a
-    warning: a missing C++ compiler should slow a run down, not stop it."""
+    beats Inductor's decomposition of it. Where this machine cannot compile them for
+    `device_type`, EAGER with a warning: a missing compiler should slow a run down, not stop it."""
     kernels = PixelKernels(
         torch.compile(_weak_pixels, dynamic=True),
         torch.compile(_strong_pixels, dynamic=True),
         fused=True,
     )
-    probe, one = torch.zeros(2, 3, 8, 8, dtype=torch.uint8), torch.ones(1, 3, 1, 1)
     gen = torch.Generator()
     try:  # compile now, in this thread, with sizes > 1 (torch.compile specialises on 1)
-        kernels.weak(probe, sample_color(2, 0.1, gen), one, one, torch.empty(2, 3, 8, 8))
+        device = torch.device(device_type)
+        probe = torch.zeros(2, 3, 8, 8, dtype=torch.uint8, device=device)
+        one, out = torch.ones(1, 3, 1, 1, device=device), torch.empty(2, 3, 8, 8, device=device)
+        kernels.weak(probe, sample_color(2, 0.1, gen), one, one, out)
         kernels.strong(probe, sample_stains(2, 0.01, gen), one, one)
     except Exception as error:  # compilers fail in many ways; each of them means eager
         warnings.warn(
-            f"compute.fuse_augment: torch.compile failed ({type(error).__name__}: {error}); "
-            "augmenting with eager PyTorch, slower. compute.fuse_augment=false silences this.",
+            f"compute.fuse_augment: torch.compile failed on {device_type} "
+            f"({type(error).__name__}: {error}); augmenting with eager PyTorch, slower. "
+            "compute.fuse_augment=false silences this.",
             stacklevel=2,
         )
         return EAGER
     return kernels
 
 
-def pixel_kernels(fused: bool) -> PixelKernels:
-    return fused_kernels() if fused else EAGER
+def pixel_kernels(fused: bool, device: torch.device | str = "cpu") -> PixelKernels:
+    return fused_kernels(torch.device(device).type) if fused else EAGER
 
 
 def _rows(params, rows: slice):

@@ -63,7 +63,7 @@ def train(
     config and the objective's state: optimizers, an MPL teacher)."""
     device = pick_device()
     chunk = augment_chunk(device)
-    kernels = pixel_kernels(params.compute.fuse_augment)
+    kernels = pixel_kernels(params.compute.fuse_augment, device)
     gen = seed_everything(params.seed * 100 + STAGE_SEEDS[stage])
     model = objective.model
     for network in (model, getattr(objective, "teacher", None)):  # MPL has a teacher too
