@@ -164,12 +164,6 @@ def apply_color(x: torch.Tensor, c: ColorFactors) -> torch.Tensor:
     return shift_hue(x, c.hue)
 
 
-def color_jitter(x: torch.Tensor, strength: float, gen: torch.Generator) -> torch.Tensor:
-    if strength == 0:
-        return x
-    return apply_color(x, sample_color(len(x), strength, gen))
-
-
 # ---------------------------------------------------------------- HED stain jitter
 
 
@@ -213,12 +207,6 @@ def apply_stains(x: torch.Tensor, s: StainShift) -> torch.Tensor:
     log_x = x.clamp_min(1e-6).log()
     mixed = (log_x.unsqueeze(2) * mix.view(-1, 3, 3, 1, 1)).sum(1) + offset.view(-1, 3, 1, 1)
     return mixed.exp_().clamp_(0, 1)
-
-
-def hed_jitter(x: torch.Tensor, sigma: float, gen: torch.Generator) -> torch.Tensor:
-    if sigma == 0:
-        return x
-    return apply_stains(x, sample_stains(len(x), sigma, gen))
 
 
 # ---------------------------------------------------------------- crop and affine, one grid
@@ -316,17 +304,7 @@ def warp(
     return torch.ops.aten.grid_sampler_2d.out(x, grid, 0, _PADDING[padding], False, out=out)
 
 
-def crop_affine(
-    x: torch.Tensor, scale_min: float, affine: float, gen: torch.Generator
-) -> torch.Tensor:
-    return warp(x, sample_crop_affine(len(x), scale_min, affine, gen))
-
-
 # ---------------------------------------------------------------- the two views
-
-
-def flip_rotate(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    return apply_flip_rotate(x, sample_flip_rotate(len(x), gen))
 
 
 @dataclass
@@ -486,8 +464,8 @@ def training_views(
     layout the network runs in, see device.configure).
 
     Parameters are drawn for whole batches, so the views do not depend on `chunk`; images are
-    augmented `chunk` at a time. On a CPU, chunks of a few images keep every pass in cache;
-    on a GPU the whole batch is one chunk. Eager chunks run in parallel threads (torch releases
+    augmented `chunk` at a time (device.augment_chunk: a few on a CPU, the whole batch on a
+    GPU). Eager chunks run in parallel threads (torch releases
     the GIL, and small operations scale poorly alone); fused ones in this thread, since
     torch.compile is not thread-safe and its kernels use every core themselves."""
     first = batches[0]
