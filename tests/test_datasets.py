@@ -298,7 +298,7 @@ def test_folder_csv_grayscale_and_rgba_and_its_mistakes(tmp_path):
     broken.mkdir(parents=True)
     (broken / "broken.png").write_bytes(b"\x89PNG not really")
     download(DataParams(name="folder", root=str(tmp_path / "tree")), raw, tmp_path)
-    with pytest.raises(UserError, match=r"broken.png: not a readable image .* remove or replace"):
+    with pytest.raises(UserError, match=r"broken.png: not an image .* remove or replace it"):
         prepare(raw, tmp_path / "packed2", size=32, workers=1)
 
 

@@ -8,6 +8,7 @@ PSEUDO = Path("data/pseudo/pseudo.parquet")
 MODELS = Path("models")
 METRICS = Path("metrics")
 PLOTS = Path("plots")
+CHECKPOINTS = Path("checkpoints")  # resume checkpoints: not pipeline outputs, deleted when done
 
 
 def raw_dir(dataset: str) -> Path:
@@ -21,3 +22,7 @@ def packed_dir(dataset: str) -> Path:
 def model_path(stage: str) -> Path:
     """warmup -> models/warmup.pt; retrain writes the final model."""
     return MODELS / f"{'final' if stage == 'retrain' else stage}.pt"
+
+
+def resume_path(stage: str) -> Path:
+    return CHECKPOINTS / f"{stage}.pt"

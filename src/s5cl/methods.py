@@ -38,7 +38,7 @@ def _optimizer(model: S5CLNet, cfg: SupervisedParams) -> torch.optim.Optimizer:
 
 def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, what: str, step: int) -> None:
     if not torch.isfinite(loss):
-        raise FloatingPointError(f"{what}: loss is {loss.item()} at step {step}")
+        raise FloatingPointError(f"{what} is {loss.item()} at step {step}")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -132,11 +132,14 @@ class ContrastiveObjective:
             )
             loss_fn = S5CLLoss(cfg.tau_l, self.w_l, cfg.w_c, tau, weight)
         loss, parts, logits = step_loss(self.model, x, y_l, y_u, loss_fn)
-        _step(self.optimizer, loss, "train", step)
+        _step(self.optimizer, loss, "the loss", step)
         return parts, logits
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
 
 
 # ---------------------------------------------------------------- FixMatch
@@ -190,11 +193,14 @@ class FixMatchObjective:
         logits_l = logits[:n_l]
         weak_u, strong_u = logits[2 * n_l :].chunk(2)
         loss, parts = fixmatch_loss(logits_l, y_l, weak_u, strong_u, self.threshold, self.weight)
-        _step(self.optimizer, loss, "fixmatch", step)
+        _step(self.optimizer, loss, "the FixMatch loss", step)
         return parts, logits_l
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
 
 
 # ---------------------------------------------------------------- Meta Pseudo Labels
@@ -243,13 +249,13 @@ class MPLObjective:
         s_logits_l, s_logits_u = s_logits.split([n_l, n_u])
         s_loss_l_before = F.cross_entropy(s_logits_l.detach(), y_l)
         s_loss = F.cross_entropy(s_logits_u, pseudo)
-        _step(self.optimizer, s_loss, "mpl student", step)
+        _step(self.optimizer, s_loss, "the MPL student's loss", step)
         with torch.no_grad():
             s_loss_l_after = F.cross_entropy(self.model(x_l), y_l)
         h = (s_loss_l_before - s_loss_l_after).item()
 
         t_loss = mpl_teacher_loss(t_logits_l, y_l, t_logits_u_strong, pseudo, h)
-        _step(self.teacher_optimizer, t_loss, "mpl teacher", step)
+        _step(self.teacher_optimizer, t_loss, "the MPL teacher's loss", step)
         parts = {
             "loss": s_loss.item(),
             "loss_teacher": t_loss.item(),
@@ -264,6 +270,11 @@ class MPLObjective:
             "teacher": {k: v.detach().cpu() for k, v in self.teacher.state_dict().items()},
             "teacher_optimizer": self.teacher_optimizer.state_dict(),
         }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.teacher.load_state_dict(state["teacher"])
+        self.teacher_optimizer.load_state_dict(state["teacher_optimizer"])
 
 
 # ---------------------------------------------------------------- which objective when

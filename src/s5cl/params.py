@@ -21,7 +21,7 @@ from s5cl.errors import UserError
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 DatasetName = Literal[
@@ -52,6 +52,11 @@ class DataParams(Section):
     size: int = Field(32, ge=8, le=1024, description="images are resized to size x size")
     workers: int | None = Field(
         None, ge=1, description="decoding processes for prepare (default: CPUs, at most 8)"
+    )
+    on_bad_image: Literal["error", "skip"] = Field(
+        "error",
+        description="a file that is not a readable 8-bit image: error names it and stops; skip "
+        "leaves it out and lists it in data/packed/<name>/skipped.csv",
     )
 
     @model_validator(mode="after")
@@ -195,6 +200,17 @@ class RetrainParams(Section):
     steps: int = Field(120, ge=1)
 
 
+class CheckpointParams(Section):
+    """Resume checkpoints of the training stages (s5cl.resume); they never change results."""
+
+    every: int = Field(
+        50,
+        ge=0,
+        description="steps between resume checkpoints in checkpoints/<stage>.pt (0: none); a "
+        "killed stage started again continues from its last one",
+    )
+
+
 class EvaluateParams(Section):
     batch_size: int = Field(512, ge=1)
     knn_k: int = Field(5, ge=1, description="neighbours for kNN accuracy and precision@k")
@@ -250,6 +266,7 @@ class Params(Section):
     pseudolabel: PseudolabelParams = PseudolabelParams()
     retrain: RetrainParams = RetrainParams()
     evaluate: EvaluateParams = EvaluateParams()
+    checkpoint: CheckpointParams = CheckpointParams()
     sweep: SweepParams = SweepParams()
 
 
@@ -284,8 +301,10 @@ def _describe(error: ValidationError, raw: dict[str, Any]) -> str:
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         return f"unknown parameter {loc} (check the spelling against params.yaml)"
-    if loc and not isinstance(value, dict):  # a section-level check names its keys itself
+    if loc and not isinstance(value, dict):
         return f"{loc} = {value!r}: {message}"
+    if loc and f"{loc}." not in message:  # a section-level check, shared by several sections
+        return f"{loc}: {message}"
     return message
 
 

@@ -15,10 +15,10 @@ from dvclive import Live
 
 from s5cl import layout
 from s5cl.datasets.packed import PackedDataset
-from s5cl.datasets.prepare import INDEX
+from s5cl.datasets.prepare import INDEX, STATS
 from s5cl.datasets.prepare import prepare as pack_dataset
 from s5cl.datasets.registry import download as fetch_dataset
-from s5cl.datasets.split import indices, make_split
+from s5cl.datasets.split import indices, make_split, originals
 from s5cl.device import configure, pick_device
 from s5cl.errors import UserError
 from s5cl.io import atomic_path, load_checkpoint, save_checkpoint, write_json, write_parquet
@@ -32,6 +32,7 @@ from s5cl.metrics import (
 from s5cl.models import S5CLNet, build_model, embed_and_predict, model_from_checkpoint
 from s5cl.params import Params
 from s5cl.pseudo import pseudo_summary, pseudo_targets, select_pseudo_labels
+from s5cl.resume import Resume, fingerprint
 from s5cl.train import train
 
 EVALUATED = ("warmup", "s5cl", "final")
@@ -51,17 +52,15 @@ def download(params: Params) -> str:
 
 def prepare(params: Params) -> str:
     out = layout.packed_dir(params.data.name)
-    stats = pack_dataset(
-        layout.raw_dir(params.data.name), out, params.data.size, params.data.workers
-    )
+    cfg = params.data
+    stats = pack_dataset(layout.raw_dir(cfg.name), out, cfg.size, cfg.workers, cfg.on_bad_image)
     n, h, w, _ = stats["shape"]
-    return f"{n} images packed as {h}x{w} RGB into {out}"
+    skipped = f" ({stats['skipped']} bad files skipped)" if stats["skipped"] else ""
+    return f"{n} images packed as {h}x{w} RGB into {out}{skipped}"
 
 
 def split(params: Params) -> str:
-    index = pd.read_parquet(
-        layout.packed_dir(params.data.name) / INDEX, columns=["label", "subset"]
-    )
+    index = pd.read_parquet(layout.packed_dir(params.data.name) / INDEX)
     data = PackedDataset.open(layout.packed_dir(params.data.name))
     table = make_split(
         index["label"].to_numpy(),
@@ -69,6 +68,7 @@ def split(params: Params) -> str:
         params.seed,
         data.class_names,
         index["subset"].to_numpy(),
+        originals(index),
     )
     write_parquet(layout.SPLIT, table)
     counts = table["role"].value_counts()
@@ -90,8 +90,21 @@ def _open(params: Params) -> tuple[PackedDataset, pd.DataFrame]:
     return data, table
 
 
+# What each training stage reads besides the packed images (whose index.parquet lists their md5s).
+TRAIN_INPUTS = {
+    "warmup": [layout.SPLIT],
+    "s5cl": [layout.SPLIT, layout.model_path("warmup")],
+    "retrain": [layout.SPLIT, layout.model_path("s5cl"), layout.PSEUDO],
+}
+
+
 def _train_stage(stage: str, params: Params, objective: Objective, steps: int, cfg) -> str:
     data, table = _open(params)
+    packed = layout.packed_dir(params.data.name)
+    inputs = [packed / INDEX, packed / STATS, *TRAIN_INPUTS[stage]]
+    resume = Resume(
+        layout.resume_path(stage), params.checkpoint.every, fingerprint(stage, params, inputs)
+    )
     with Live(dir=str(layout.METRICS / stage), dvcyaml=None, save_dvc_exp=False) as live:
         checkpoint = train(
             stage,
@@ -104,8 +117,10 @@ def _train_stage(stage: str, params: Params, objective: Objective, steps: int, c
             val=indices(table, "val"),
             unlabeled=indices(table, "unlabeled"),
             live=live,
+            resume=resume,
         )
     save_checkpoint(layout.model_path(stage), checkpoint)
+    resume.finish()
     final = checkpoint["final"]
     return (
         f"{params.method}: {steps} steps, loss {final['loss']:.3f}, "

@@ -9,6 +9,11 @@ the unlabeled images are pulled towards is the only difference between phases:
     s5cl     instance ids: self-supervised             (+ SupCon_u at tau_u)
     retrain  pseudo-labels where kept, else instance   (+ SupCon at tau_p)
     s5cl with switch_step: instance ids, then the classifier's online argmax (the paper's loop)
+
+Every `checkpoint.every` steps the whole state goes to a resume checkpoint (resume.py); a run
+that finds a compatible one continues from it and ends with the same bits as one never stopped.
+A non-finite loss stops the stage with its step number, before the update, keeping the last
+checkpoint.
 """
 
 from __future__ import annotations
@@ -22,11 +27,13 @@ from tqdm import tqdm
 
 from s5cl.augment import pixel_kernels, training_views
 from s5cl.datasets.packed import PackedDataset
-from s5cl.datasets.streams import labeled_batches, unlabeled_batches
+from s5cl.datasets.streams import LabeledBatches, UnlabeledBatches
 from s5cl.device import augment_chunk, configure, pick_device
+from s5cl.errors import UserError
 from s5cl.methods import Objective
 from s5cl.models import S5CLNet, embed_and_predict
 from s5cl.params import Params, SupervisedParams
+from s5cl.resume import Resume, restore_rng_states, rng_states
 
 STAGE_SEEDS = {"warmup": 1, "s5cl": 2, "retrain": 3}
 
@@ -47,6 +54,13 @@ def validation_accuracy(model: S5CLNet, data: PackedDataset, val: np.ndarray, de
     return float((probs.argmax(1) == data.labels[val]).mean())
 
 
+def _log(live: Any, entry: dict[str, float]) -> None:
+    live.step = entry["step"]
+    for key, value in entry.items():
+        if key != "step":
+            live.log_metric(f"train/{key}" if key != "val_acc" else "val/acc", value)
+
+
 def train(
     stage: str,
     objective: Objective,
@@ -58,9 +72,11 @@ def train(
     val: np.ndarray,
     unlabeled: np.ndarray | None = None,
     live: Any = None,
+    resume: Resume | None = None,
 ) -> dict[str, Any]:
     """Train `objective.model` in place for `steps` steps; returns a checkpoint dict (with its
-    config and the objective's state: optimizers, an MPL teacher)."""
+    config and the objective's state: optimizers, an MPL teacher). With `resume`, continue from
+    its checkpoint if there is one and write one every `resume.every` steps."""
     device = pick_device()
     chunk = augment_chunk(device)
     kernels = pixel_kernels(params.compute.fuse_augment, device)
@@ -70,18 +86,41 @@ def train(
         if network is not None:
             configure(network, params.compute, device)
     model.train()
-    labeled_stream = labeled_batches(
+    labeled_stream = LabeledBatches(
         labeled, data.labels[labeled], cfg.batch_labeled, cfg.m_per_class
     )
     unlabeled_stream = None
     if objective.uses_unlabeled:
         if unlabeled is None or len(unlabeled) == 0:
             raise ValueError(f"{stage}: {params.method} needs unlabeled images; the split has none")
-        unlabeled_stream = unlabeled_batches(unlabeled, params.s5cl.batch_unlabeled, gen)
+        unlabeled_stream = UnlabeledBatches(unlabeled, params.s5cl.batch_unlabeled, gen)
     history: list[dict[str, float]] = []
     val_acc = float("nan")
 
-    bar = tqdm(range(steps), desc=f"{stage} ({params.method})", unit="step", dynamic_ncols=True)
+    saved = resume.load() if resume is not None else None
+    if saved is not None:  # continue exactly where the checkpoint left off
+        model.load_state_dict(saved["model"])
+        objective.load_state_dict(saved)
+        labeled_stream.load_state_dict(saved["labeled_stream"])
+        if unlabeled_stream is not None:
+            unlabeled_stream.load_state_dict(saved["unlabeled_stream"])
+        restore_rng_states(saved["rng"], gen)
+        history = saved["history"]
+        val_acc = next((h["val_acc"] for h in reversed(history) if "val_acc" in h), val_acc)
+        if live is not None:  # dvclive started afresh: replay what was logged before
+            for entry in history:
+                _log(live, entry)
+        print(f"{stage}: resuming from {resume.path} at step {saved['step']} of {steps}")
+    first = saved["step"] if saved is not None else 0
+
+    bar = tqdm(
+        range(first, steps),
+        desc=f"{stage} ({params.method})",
+        unit="step",
+        initial=first,
+        total=steps,
+        dynamic_ncols=True,
+    )
     for step in bar:
         idx_l = next(labeled_stream)
         batches = [data.batch(idx_l, device)]  # uint8 on the device
@@ -101,7 +140,15 @@ def train(
             kernels=kernels,
         )
 
-        parts, logits = objective.update(x, y_l, pos_u, step)
+        try:
+            parts, logits = objective.update(x, y_l, pos_u, step)
+        except FloatingPointError as error:  # raised before the update: the model is intact
+            bar.close()
+            kept = resume.kept() if resume is not None else "no checkpoints (checkpoint.every: 0)"
+            raise UserError(
+                f"{error}, so training stopped (lower {stage if stage == 'warmup' else 's5cl'}"
+                f".lr?); {kept}"
+            ) from None
 
         parts["train_acc"] = float((logits.argmax(1) == y_l).float().mean())
         if (step + 1) % cfg.eval_every == 0 or step + 1 == steps:
@@ -109,10 +156,22 @@ def train(
             parts["val_acc"] = val_acc
         history.append({"step": step, **parts})
         if live is not None:
-            live.step = step
-            for key, value in parts.items():
-                live.log_metric(f"train/{key}" if key != "val_acc" else "val/acc", value)
+            _log(live, history[-1])
         bar.set_postfix(loss=f"{parts['loss']:.3f}", val_acc=f"{val_acc:.3f}")
+
+        if resume is not None and resume.due(step + 1, steps):
+            resume.save(
+                {
+                    "step": step + 1,
+                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    **objective.state_dict(),
+                    "labeled_stream": labeled_stream.state_dict(),
+                    "unlabeled_stream": unlabeled_stream and unlabeled_stream.state_dict(),
+                    "rng": rng_states(gen),
+                    "history": history,
+                    "params": params.model_dump(),
+                }
+            )
 
     return {
         "stage": stage,

@@ -9,11 +9,14 @@ written pages do not pile up in this process's resident memory).
 
 from __future__ import annotations
 
+import io
 import os
+import warnings
 from collections import deque
 from collections.abc import Iterator
 from multiprocessing import Pool
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -29,40 +32,73 @@ from s5cl.io import atomic_dir, write_json
 IMAGES = "images.u8"
 INDEX = "index.parquet"
 STATS = "stats.json"
+SKIPPED = "skipped.csv"  # files left out with data.on_bad_image: skip, and why
 CHUNK = 64  # images per task sent to a decoding process
+
+# 8-bit modes PIL converts to RGB faithfully; 16-bit, 32-bit and float images are refused, as
+# convert("RGB") would clip them to a mostly white image without a word.
+EIGHT_BIT_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr"}
+MIN_SIDE = 8  # pixels: anything smaller is not an image tile (an icon, a placeholder)
+MAX_ASPECT = 2.0  # a longer side beyond this times the shorter one would be squashed by resizing
+
+
+class Decoded(NamedTuple):
+    image: np.ndarray | None  # size x size x 3 uint8; None when `problem` says why not
+    md5: str  # of the file's bytes (or the array row's)
+    problem: str | None
+    width: int  # as stored, before resizing
+    height: int
 
 
 def to_rgb(image: Image.Image, size: int) -> np.ndarray:
-    """Any PIL image (grayscale, RGBA, palette, RGB) -> size x size x 3 uint8, bilinear."""
+    """Any 8-bit PIL image (grayscale, RGBA, palette, RGB) -> size x size x 3 uint8, bilinear."""
     image = image.convert("RGB")
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BILINEAR)
     return np.asarray(image, dtype=np.uint8)
 
 
-def decode_file(path: str, size: int) -> tuple[np.ndarray, str]:
-    """An image file -> (size x size x 3 uint8, md5 of the file's bytes)."""
+def image_problem(image: Image.Image) -> str | None:
+    """Why an image that opened fine is still not one to train on, or None."""
+    width, height = image.size
+    if image.mode not in EIGHT_BIT_MODES:
+        return f"pixel mode {image.mode} (16-bit, 32-bit or float): expected an 8-bit image"
+    if min(width, height) < MIN_SIDE:
+        return f"{width}x{height} pixels, smaller than {MIN_SIDE} a side"
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        return f"{width}x{height} pixels: resizing to a square would squash it"
+    return None
+
+
+def decode_file(path: str, size: int) -> Decoded:
+    """An image file -> Decoded; a file that is not a usable image comes back with `problem`."""
     try:
         raw = Path(path).read_bytes()
     except OSError as error:
         raise UserError(f"{path}: cannot read ({error.strerror}); rerun download") from None
+    digest = md5_bytes(raw)
+    if not raw:
+        return Decoded(None, digest, "empty file (0 bytes)", 0, 0)
     try:
-        with Image.open(Path(path)) as opened:
+        with Image.open(io.BytesIO(raw)) as opened:
+            problem = image_problem(opened)
+            width, height = opened.size
+            if problem is not None:
+                return Decoded(None, digest, problem, width, height)
             opened.load()
-            return to_rgb(opened, size), md5_bytes(raw)
-    except (UnidentifiedImageError, OSError, ValueError) as error:
-        raise UserError(f"{path}: not a readable image ({error}); remove or replace it") from None
+            return Decoded(to_rgb(opened, size), digest, None, width, height)
+    except UnidentifiedImageError:
+        return Decoded(None, digest, "not an image (PIL cannot identify it)", 0, 0)
+    except (OSError, ValueError, SyntaxError) as error:  # truncated or corrupt pixel data
+        return Decoded(None, digest, f"truncated or corrupt image ({error})", 0, 0)
 
 
-def _decode_chunk(task: tuple[list[str], int]) -> tuple[np.ndarray, list[str]]:
+def _decode_chunk(task: tuple[list[str], int]) -> list[Decoded]:
     paths, size = task
-    decoded = [decode_file(path, size) for path in paths]
-    return np.stack([image for image, _ in decoded]), [digest for _, digest in decoded]
+    return [decode_file(path, size) for path in paths]
 
 
-def _file_images(
-    paths: list[str], size: int, workers: int
-) -> Iterator[tuple[np.ndarray, list[str]]]:
+def _file_images(paths: list[str], size: int, workers: int) -> Iterator[list[Decoded]]:
     """Decoded chunks in order; at most 2 chunks per worker are in flight or waiting."""
     tasks = ((paths[i : i + CHUNK], size) for i in range(0, len(paths), CHUNK))
     with Pool(workers) as pool:
@@ -75,9 +111,7 @@ def _file_images(
             yield pending.popleft().get()
 
 
-def _array_images(
-    manifest: pd.DataFrame, raw_dir: Path, size: int
-) -> Iterator[tuple[np.ndarray, list[str]]]:
+def _array_images(manifest: pd.DataFrame, raw_dir: Path, size: int) -> Iterator[list[Decoded]]:
     """Rows of .npz arrays, streamed in manifest order (each array's rows must be ascending)."""
     groups = (manifest["source"] + "\0" + manifest["member"]).to_numpy()
     starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
@@ -90,9 +124,16 @@ def _array_images(
         for block in iter_rows(path, manifest["member"].iloc[start]):
             take = rows[wanted:][rows[wanted:] < offset + len(block)] - offset
             for first in range(0, len(take), CHUNK):
-                part = take[first : first + CHUNK]
-                images = [to_rgb(Image.fromarray(block[i]), size) for i in part]
-                yield np.stack(images), [md5_bytes(block[i].tobytes()) for i in part]
+                yield [
+                    Decoded(
+                        to_rgb(Image.fromarray(block[i]), size),
+                        md5_bytes(block[i].tobytes()),
+                        None,
+                        block.shape[2],
+                        block.shape[1],
+                    )
+                    for i in take[first : first + CHUNK]
+                ]
             wanted += len(take)
             offset += len(block)
             if wanted == len(rows):
@@ -119,17 +160,42 @@ class _ChannelHistogram:
         return mean.round(6).tolist(), np.sqrt(np.maximum(var, 1e-12)).round(6).tolist()
 
 
-def prepare(raw_dir: Path, out_dir: Path, size: int, workers: int | None = None) -> dict:
+OFF_SIZE = 1.25  # a side this much larger or smaller than the usual one is worth a warning
+
+
+def _warn_off_size(sources: pd.Series, widths: np.ndarray, heights: np.ndarray) -> None:
+    """Images far from the dataset's usual size (another magnification, a thumbnail) are
+    resized like the rest, but say so and name one."""
+    usual = pd.Series(list(zip(widths, heights, strict=True))).mode()[0]
+    scale = np.maximum(widths / usual[0], heights / usual[1])
+    shrink = np.minimum(widths / usual[0], heights / usual[1])
+    odd = np.flatnonzero((scale > OFF_SIZE) | (shrink < 1 / OFF_SIZE))
+    if len(odd):
+        first = odd[0]
+        warnings.warn(
+            f"{len(odd)} images are far from the usual {usual[0]}x{usual[1]}, e.g. "
+            f"{sources.iloc[first]} ({widths[first]}x{heights[first]}); resized like the rest",
+            stacklevel=2,
+        )
+
+
+def prepare(
+    raw_dir: Path,
+    out_dir: Path,
+    size: int,
+    workers: int | None = None,
+    on_bad_image: str = "error",
+) -> dict:
     """Pack the dataset listed in `raw_dir/manifest.parquet` into `out_dir` (atomically).
 
-    mean/std come from the `train` subset only, so a dataset's own test set never leaks into
-    the normalisation.
+    A file that is not a usable 8-bit image stops prepare with its name (on_bad_image="error")
+    or is left out and listed in `skipped.csv` ("skip"). mean/std come from the `train` subset
+    only, so a dataset's own test set never leaks into the normalisation.
     """
     manifest_path = raw_dir / MANIFEST
     if not manifest_path.exists():
         raise UserError(f"{manifest_path}: missing; run the download stage first")
     manifest = pd.read_parquet(manifest_path)
-    class_names = sorted(manifest["class_name"].unique())
     workers = workers or min(os.cpu_count() or 1, 8)
     is_array = manifest["member"].to_numpy() != ""
     if is_array.all():
@@ -141,25 +207,63 @@ def prepare(raw_dir: Path, out_dir: Path, size: int, workers: int | None = None)
         raise UserError(f"{manifest_path}: mixes image files and arrays; rerun download")
     expected = manifest["md5"].to_numpy()
     in_train = (manifest["subset"] == "train").to_numpy()
+    kept = np.zeros(len(manifest), bool)
+    widths, heights = np.zeros(len(manifest), int), np.zeros(len(manifest), int)
+    skipped: list[tuple[str, str]] = []
     sums = _ChannelHistogram()
     with atomic_dir(out_dir) as tmp:
-        done = 0
+        row = 0
         with (
             open(tmp / IMAGES, "wb") as out,
             tqdm(total=len(manifest), desc="prepare", unit="img", dynamic_ncols=True) as bar,
         ):
-            for images, digests in chunks:
-                for j, digest in enumerate(digests):
-                    if digest != expected[done + j]:
+            for chunk in chunks:
+                good, good_in_train = [], []
+                for item in chunk:
+                    source = manifest["source"].iloc[row]
+                    if item.md5 != expected[row]:
                         raise UserError(
-                            f"{manifest['source'].iloc[done + j]}: changed since download "
-                            "listed it (md5 differs); rerun download (dvc repro -f download)"
+                            f"{source}: changed since download listed it (md5 differs); "
+                            "rerun download (dvc repro -f download)"
                         )
-                out.write(images.tobytes())
-                sums.add(images[in_train[done : done + len(images)]])
-                done += len(images)
-                bar.update(len(images))
+                    widths[row], heights[row] = item.width, item.height
+                    if item.problem is None:
+                        kept[row] = True
+                        good.append(item.image)
+                        good_in_train.append(in_train[row])
+                    elif on_bad_image == "skip":
+                        skipped.append((source, item.problem))
+                    else:
+                        raise UserError(
+                            f"{source}: {item.problem}; remove or replace it, or set "
+                            "data.on_bad_image: skip"
+                        )
+                    row += 1
+                if good:
+                    images = np.stack(good)
+                    out.write(images.tobytes())
+                    sums.add(images[np.array(good_in_train)])
+                bar.update(len(chunk))
+        if skipped:
+            warnings.warn(
+                f"skipped {len(skipped)} bad files (data.on_bad_image: skip), e.g. "
+                f"{skipped[0][0]}: {skipped[0][1]}; all listed in {out_dir / SKIPPED}",
+                stacklevel=2,
+            )
+        pd.DataFrame(skipped, columns=["path", "problem"]).to_csv(tmp / SKIPPED, index=False)
+        listed_classes = set(manifest["class_name"])
+        manifest = manifest[kept].reset_index(drop=True)
+        class_names = sorted(manifest["class_name"].unique())
+        lost = sorted(listed_classes - set(class_names))
+        if lost:
+            raise UserError(
+                f"class {lost[0]} has no usable images left after skipping bad files "
+                f"(see {out_dir / SKIPPED}); remove the class or add images"
+            )
+        if not is_array.any():
+            _warn_off_size(manifest["source"], widths[kept], heights[kept])
         mean, std = sums.mean_std()
+        is_array = is_array[kept]
         index = pd.DataFrame(
             {
                 "path": np.where(
@@ -175,6 +279,8 @@ def prepare(raw_dir: Path, out_dir: Path, size: int, workers: int | None = None)
                 "class_name": manifest["class_name"],
                 "subset": manifest["subset"],
                 "md5": manifest["md5"],
+                "width": widths[kept],
+                "height": heights[kept],
             }
         )
         index.to_parquet(tmp / INDEX, index=False)
@@ -190,6 +296,7 @@ def prepare(raw_dir: Path, out_dir: Path, size: int, workers: int | None = None)
             },
             "mean": mean,
             "std": std,
+            "skipped": len(skipped),
         }
         write_json(tmp / STATS, stats)
     return stats

@@ -31,7 +31,6 @@ from s5cl.errors import UserError
 from s5cl.io import atomic_path, write_parquet
 from s5cl.params import DataParams
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp"}
 MANIFEST = "manifest.parquet"
 SUBSETS = ("train", "val", "test")
 COLUMNS = ["source", "member", "row", "class_name", "subset", "md5"]
@@ -151,8 +150,10 @@ AML_MUNICH_SOURCE = (
 # ---------------------------------------------------------------- listing what is on disk
 
 
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+def _files_in(folder: Path) -> list[Path]:
+    """Every file but hidden ones (.DS_Store): prepare decides what is an image, and names
+    what is not, rather than this silently passing over a file it does not expect."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
 
 
 def _class_folders(root: Path) -> list[Path]:
@@ -191,9 +192,9 @@ def list_class_tree(root: Path, subset: str = "train") -> pd.DataFrame:
         raise UserError(f"{root}: no class folders inside (expected <root>/<class>/<image>)")
     paths, names = [], []
     for class_dir in class_dirs:
-        files = _images_in(class_dir)
+        files = _files_in(class_dir)
         if not files:
-            raise UserError(f"{class_dir}: class folder has no images; remove it or add images")
+            raise UserError(f"{class_dir}: class folder is empty; remove it or add its images")
         paths += files
         names += [class_dir.name] * len(files)
     return _frame(paths, names, subset)
@@ -369,7 +370,7 @@ def fetch_aml_munich(cfg: DataParams, raw: Path, downloads: Path) -> pd.DataFram
         )
     paths, names = [], []
     for name in sorted(AML_MUNICH_COUNTS):
-        files = _images_in(root / name)
+        files = _files_in(root / name)
         paths += files
         names += [name] * len(files)
     frame = _frame(paths, names, "train")

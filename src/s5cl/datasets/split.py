@@ -11,27 +11,57 @@ from s5cl.params import SplitParams
 ROLES = ("labeled", "unlabeled", "val", "test")
 
 
+def originals(index: pd.DataFrame) -> np.ndarray:
+    """Per row of the packed index, the first row holding the same image (by md5): itself
+    unless the image is a copy.
+
+    A copy under another label, or in another of the dataset's own subsets (train/val/test),
+    is an error: the first is a labelling mistake, the second leaks test images into training.
+    """
+    md5 = index["md5"].to_numpy()
+    _, first, inverse = np.unique(md5, return_index=True, return_inverse=True)
+    original = first[inverse.ravel()]
+    for row in np.flatnonzero(original != np.arange(len(md5))):
+        one, other = index.iloc[original[row]], index.iloc[row]
+        if one["subset"] != other["subset"]:
+            raise UserError(
+                f"leakage: {other['path']} ({other['subset']}) and {one['path']} "
+                f"({one['subset']}) are the same image (md5 {md5[row]}); remove one of them"
+            )
+        if one["label"] != other["label"]:
+            raise UserError(
+                f"{other['path']} ({other['class_name']}) and {one['path']} "
+                f"({one['class_name']}) are the same image under two labels; remove the wrong one"
+            )
+    return original
+
+
 def make_split(
     labels: np.ndarray,
     cfg: SplitParams,
     seed: int,
     class_names: list[str] | None = None,
     subsets: np.ndarray | None = None,
+    original: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Stratified split: within each class, a seeded shuffle is cut into test, val, labeled and
     unlabeled. Returns one row per image: `index` (row of the packed dataset), `label`, `role`.
 
     `subsets` (train/val/test per image) is the dataset's own split: its val and test images keep
     those roles (as in the paper: trained on NCT-CRC-HE-100K, tested on CRC-VAL-HE-7K), and the
-    matching fraction is not cut from the training images.
+    matching fraction is not cut from the training images. `original` (see `originals`) marks
+    copies of an image: they take its role, so no image is both trained on and tested on.
     """
     labels = np.asarray(labels)
     subsets = np.full(len(labels), "train") if subsets is None else np.asarray(subsets)
+    original = np.arange(len(labels)) if original is None else np.asarray(original)
+    is_copy = original != np.arange(len(labels))
     rng = np.random.default_rng(seed)
     roles = np.where(np.isin(subsets, ("val", "test")), subsets, None).astype(object)
     own_test, own_val = (subsets == "test").any(), (subsets == "val").any()
     for label in np.unique(labels):  # sorted, so the RNG stream is the same on every run
-        members = rng.permutation(np.flatnonzero((labels == label) & (subsets == "train")))
+        pool = (labels == label) & (subsets == "train") & ~is_copy
+        members = rng.permutation(np.flatnonzero(pool))
         n = len(members)
         n_test = 0 if own_test else round(cfg.test_fraction * n)
         n_val = 0 if own_val else round(cfg.val_fraction * n)
@@ -54,6 +84,7 @@ def make_split(
             "labeled",
             "unlabeled",
         )
+    roles[is_copy] = roles[original[is_copy]]
     return pd.DataFrame({"index": np.arange(len(labels)), "label": labels, "role": roles})
 
 

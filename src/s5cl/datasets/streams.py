@@ -1,8 +1,13 @@
-"""Endless streams of batch indices: m-per-class labeled batches and shuffled unlabeled batches."""
+"""Endless streams of batch indices: m-per-class labeled batches and shuffled unlabeled batches.
+
+Both are iterators with `state_dict()` / `load_state_dict()`: a resume checkpoint stores the
+epoch being drawn and the position in it, so a resumed run draws exactly the batches the
+uninterrupted run would have drawn (the RNGs that draw the next epoch are saved beside them).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -11,42 +16,77 @@ from pytorch_metric_learning.samplers import MPerClassSampler
 from s5cl.errors import UserError
 
 
-def labeled_batches(
-    indices: np.ndarray, labels: np.ndarray, batch_size: int, m_per_class: int
-) -> Iterator[np.ndarray]:
+class LabeledBatches:
     """Batches of `batch_size` dataset indices, `m_per_class` from each of batch_size/m classes.
 
-    pytorch-metric-learning's MPerClassSampler draws them (it samples from numpy's global RNG,
-    which the training loop seeds); a class with fewer than m images is drawn with replacement.
+    pytorch-metric-learning's MPerClassSampler draws each epoch (it samples from numpy's global
+    RNG, which the training loop seeds); a class with fewer than m images is drawn with
+    replacement.
     """
-    n_classes = len(np.unique(labels))
-    if m_per_class * n_classes < batch_size:
-        raise UserError(
-            f"batch_labeled={batch_size} needs m_per_class * classes >= batch, but "
-            f"{m_per_class} x {n_classes} classes = {m_per_class * n_classes}; lower batch_labeled"
+
+    def __init__(
+        self, indices: np.ndarray, labels: np.ndarray, batch_size: int, m_per_class: int
+    ) -> None:
+        n_classes = len(np.unique(labels))
+        if m_per_class * n_classes < batch_size:
+            raise UserError(
+                f"batch_labeled={batch_size} needs m_per_class * classes >= batch, but "
+                f"{m_per_class} x {n_classes} classes = {m_per_class * n_classes}; "
+                "lower batch_labeled"
+            )
+        self.indices, self.batch_size = indices, batch_size
+        self.sampler = MPerClassSampler(
+            labels, m_per_class, batch_size, length_before_new_iter=batch_size * 64
         )
-    sampler = MPerClassSampler(
-        labels, m_per_class, batch_size, length_before_new_iter=batch_size * 64
-    )
-    while True:
-        order = np.fromiter(iter(sampler), dtype=np.int64)
-        for batch in order.reshape(-1, batch_size):
-            yield indices[batch]
+        self.order = np.empty(0, dtype=np.int64)  # the epoch being drawn (positions in indices)
+        self.position = 0
+
+    def __iter__(self) -> LabeledBatches:
+        return self
+
+    def __next__(self) -> np.ndarray:
+        if self.position + self.batch_size > len(self.order):
+            self.order = np.fromiter(iter(self.sampler), dtype=np.int64)
+            self.position = 0
+        batch = self.order[self.position : self.position + self.batch_size]
+        self.position += self.batch_size
+        return self.indices[batch]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"order": self.order.copy(), "position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.order, self.position = state["order"].copy(), int(state["position"])
 
 
-def unlabeled_batches(
-    indices: np.ndarray, batch_size: int, generator: torch.Generator
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+class UnlabeledBatches:
     """Epochs of shuffled unlabeled images; yields (dataset indices, positions in `indices`).
 
     Positions let pseudo-label targets be looked up per image. Only full batches are drawn; a
     batch larger than the unlabeled set is capped at the set's size.
     """
-    if len(indices) < 2:
-        raise UserError(f"the unlabeled set has {len(indices)} images; S5CL needs at least 2")
-    batch_size = min(batch_size, len(indices))
-    while True:
-        order = torch.randperm(len(indices), generator=generator).numpy()
-        for start in range(0, len(order) - batch_size + 1, batch_size):
-            positions = order[start : start + batch_size]
-            yield indices[positions], positions
+
+    def __init__(self, indices: np.ndarray, batch_size: int, generator: torch.Generator) -> None:
+        if len(indices) < 2:
+            raise UserError(f"the unlabeled set has {len(indices)} images; S5CL needs at least 2")
+        self.indices, self.generator = indices, generator
+        self.batch_size = min(batch_size, len(indices))
+        self.order = np.empty(0, dtype=np.int64)
+        self.position = 0
+
+    def __iter__(self) -> UnlabeledBatches:
+        return self
+
+    def __next__(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.position + self.batch_size > len(self.order):
+            self.order = torch.randperm(len(self.indices), generator=self.generator).numpy()
+            self.position = 0
+        positions = self.order[self.position : self.position + self.batch_size]
+        self.position += self.batch_size
+        return self.indices[positions], positions
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"order": self.order.copy(), "position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.order, self.position = state["order"].copy(), int(state["position"])
