@@ -49,6 +49,19 @@ def test_dvc_repro_runs_caches_and_reruns_only_what_changed(project):
     metrics = run(["dvc", "metrics", "show", "--json"], project)
     assert "evaluate.json" in metrics.stdout
 
+    # A stage that fails (here: its loss turns NaN) loses nothing the earlier stages made.
+    earlier = ["data/packed/digits/images.u8", "data/splits/split.parquet", "models/warmup.pt"]
+    before = {path: (project / path).read_bytes() for path in earlier}
+    cache = sorted(p for p in (project / ".dvc/cache").rglob("*") if p.is_file())
+    write_params(project, {"s5cl.lr": 1e20, "checkpoint.every": 1})
+    failed = run(["dvc", "repro"], project, check=False)
+    assert failed.returncode != 0
+    assert "s5cl: error: the loss is nan at step 1" in failed.stderr
+    assert {path: (project / path).read_bytes() for path in earlier} == before
+    assert sorted(p for p in (project / ".dvc/cache").rglob("*") if p.is_file()) == cache
+    assert "warmup" not in run(["dvc", "status"], project).stdout  # still up to date
+    assert (project / "checkpoints/s5cl.pt").exists()  # the last good s5cl state
+
 
 def test_snakemake_runs_the_same_scripts_and_then_has_nothing_to_do(project):
     write_params(project, TINY)

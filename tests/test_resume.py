@@ -14,7 +14,10 @@ import pytest
 import torch
 import yaml
 
-from s5cl.resume import STAGE_PARAMS
+from s5cl import layout, pipeline
+from s5cl.methods import METHODS
+from s5cl.params import load_params
+from s5cl.resume import STAGE_PARAMS, Resume
 
 from .conftest import ROOT, TINY, VENV_BIN, run, write_params
 
@@ -33,12 +36,21 @@ def _stage(project: Path, name: str, *sets: str, check: bool = True):
     return run(["python", f"stages/{name}.py", *flags], project, check=check)
 
 
+def _in_process(project: Path, monkeypatch, *names: str, sets: tuple[str, ...] = ()) -> None:
+    """Run stages inside pytest (whose torch is already loaded): for the stages a test only
+    needs the outputs of."""
+    monkeypatch.chdir(project)
+    params = load_params(project / "params.yaml", list(sets))
+    for name in names:
+        getattr(pipeline, name)(params)
+
+
 def _results(project: Path, stage: str) -> dict[str, bytes]:
-    """Everything a training stage leaves: weights, optimizer state, metrics and plots files."""
-    checkpoint = torch.load(project / f"models/{stage}.pt", weights_only=False)
+    """Everything a training stage leaves: weights, optimizer states, metrics and plots files."""
+    checkpoint = torch.load(project / layout.model_path(stage), weights_only=False)
     out = {
         "model": b"".join(v.numpy().tobytes() for v in checkpoint["model"].values()),
-        "optimizer": repr(checkpoint["optimizer"]).encode(),
+        "optimizers": repr([checkpoint[k] for k in checkpoint if "optimizer" in k]).encode(),
     }
     for path in sorted((project / "metrics" / stage).rglob("*")):
         if path.is_file():
@@ -47,7 +59,7 @@ def _results(project: Path, stage: str) -> dict[str, bytes]:
 
 
 def _kill_after_first_checkpoint(project: Path, stage: str) -> None:
-    checkpoint = project / "checkpoints" / f"{stage}.pt"
+    checkpoint = project / layout.resume_path(stage)
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
     proc = subprocess.Popen(
         ["python", f"stages/{stage}.py"],
@@ -65,29 +77,58 @@ def _kill_after_first_checkpoint(project: Path, stage: str) -> None:
     assert proc.wait() == -signal.SIGKILL
 
 
-@pytest.mark.parametrize("stage", ["warmup", "s5cl"])
-def test_a_stage_killed_mid_run_resumes_to_the_same_bits(project, stage):
+def test_a_stage_killed_with_sigkill_resumes_to_the_same_bits(project, monkeypatch):
     write_params(project, RESUMABLE)
-    for name in ["download", "prepare", "split"] + (["warmup"] if stage == "s5cl" else []):
-        _stage(project, name)
-    _stage(project, stage)
-    uninterrupted = _results(project, stage)
-    assert not (project / "checkpoints" / f"{stage}.pt").exists()  # removed once done
+    _in_process(project, monkeypatch, "download", "prepare", "split", "warmup")
+    _stage(project, "s5cl")
+    uninterrupted = _results(project, "s5cl")
+    assert not (project / "checkpoints/s5cl.pt").exists()  # removed once the model is written
 
-    (project / f"models/{stage}.pt").unlink()
-    _kill_after_first_checkpoint(project, stage)
-    assert not (project / f"models/{stage}.pt").exists()
+    (project / "models/s5cl.pt").unlink()
+    _kill_after_first_checkpoint(project, "s5cl")
+    assert not (project / "models/s5cl.pt").exists()
 
-    resumed = _stage(project, stage)
-    assert f"{stage}: resuming from checkpoints/{stage}.pt at step 4 of 16" in resumed.stdout
-    assert _results(project, stage) == uninterrupted
-    assert not (project / "checkpoints" / f"{stage}.pt").exists()
+    resumed = _stage(project, "s5cl")
+    assert "s5cl: resuming from checkpoints/s5cl.pt at step 4 of 16" in resumed.stdout
+    assert _results(project, "s5cl") == uninterrupted
+    assert not (project / "checkpoints/s5cl.pt").exists()
 
 
-def test_nan_stops_with_its_step_and_a_checkpoint_from_other_params_is_refused(project):
+class Interrupted(BaseException):
+    """Stands for the kill in the in-process test: raised right after the first checkpoint."""
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_resumes_to_the_same_bits(project, monkeypatch, method):
+    """In-process, so all five methods are cheap: objectives with a teacher (MPL) or their own
+    optimizers must carry every piece of state through a checkpoint."""
+    write_params(project, {**RESUMABLE, "s5cl.steps": 8, "s5cl.eval_every": 3})
+    sets = (f"method={method}",)
+    _in_process(project, monkeypatch, "download", "prepare", "split", "warmup", sets=sets)
+    _in_process(project, monkeypatch, "s5cl", sets=sets)
+    uninterrupted = _results(project, "s5cl")
+
+    save = Resume.save
+
+    def save_then_die(self, state):
+        save(self, state)
+        raise Interrupted
+
+    monkeypatch.setattr(Resume, "save", save_then_die)
+    with pytest.raises(Interrupted):
+        _in_process(project, monkeypatch, "s5cl", sets=sets)
+    monkeypatch.setattr(Resume, "save", save)
+    assert torch.load(project / "checkpoints/s5cl.pt", weights_only=False)["step"] == 4
+
+    _in_process(project, monkeypatch, "s5cl", sets=sets)
+    assert _results(project, "s5cl") == uninterrupted
+
+
+def test_nan_stops_with_its_step_and_a_checkpoint_from_other_params_is_refused(
+    project, monkeypatch
+):
     write_params(project, {**RESUMABLE, "checkpoint.every": 1})
-    for name in ("download", "prepare", "split"):
-        _stage(project, name)
+    _in_process(project, monkeypatch, "download", "prepare", "split")
 
     diverged = _stage(project, "warmup", "warmup.lr=1e20", check=False)
     assert diverged.returncode == 2
@@ -107,30 +148,13 @@ def test_nan_stops_with_its_step_and_a_checkpoint_from_other_params_is_refused(p
     )
     assert (project / "checkpoints/warmup.pt").exists()  # refused, not removed
 
-    _stage(project, "split", "seed=1")  # same params for warmup, but another split
-    refused = _stage(project, "warmup", "warmup.lr=1e20", "seed=0", check=False)
-    assert "input data/splits/split.parquet has changed since" in refused.stderr
-
-    (project / "checkpoints/warmup.pt").unlink()
-    assert "warmup: s5cl: 16 steps" in _stage(project, "warmup").stdout
-
-
-def test_a_failing_stage_leaves_earlier_outputs_and_the_dvc_cache_intact(project):
-    write_params(project, {**RESUMABLE, "checkpoint.every": 1})
-    run(["dvc", "repro", "warmup"], project)
-    earlier = ["data/packed/digits/images.u8", "data/splits/split.parquet", "models/warmup.pt"]
-    before = {path: (project / path).read_bytes() for path in earlier}
-    cache = sorted(p for p in (project / ".dvc/cache").rglob("*") if p.is_file())
-
-    write_params(project, {"s5cl.lr": 1e20})
-    failed = run(["dvc", "repro"], project, check=False)
-    assert failed.returncode != 0
-    assert "s5cl: error: the loss is nan at step 1" in failed.stderr
-    assert {path: (project / path).read_bytes() for path in earlier} == before
-    assert sorted(p for p in (project / ".dvc/cache").rglob("*") if p.is_file()) == cache
-    status = run(["dvc", "status", "warmup"], project)
-    assert "up to date" in status.stdout
-    assert (project / "checkpoints/s5cl.pt").exists()  # the last good s5cl state, for a look
+    _in_process(project, monkeypatch, "split", sets=("split.labels_per_class=4",))
+    refused = _stage(project, "warmup", "warmup.lr=1e20", check=False)
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "warmup: error: checkpoints/warmup.pt (step 1) is from a different run: input "
+        "data/splits/split.parquet has changed since; restore that or delete it to start the "
+        "stage over (rm checkpoints/warmup.pt)"
+    )
 
 
 def test_checkpoint_fingerprints_use_the_params_dvc_reruns_a_stage_for():

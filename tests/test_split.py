@@ -1,7 +1,9 @@
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from s5cl.datasets.split import indices, make_split
+from s5cl.datasets.split import ROLES, indices, make_split
 from s5cl.errors import UserError
 from s5cl.params import SplitParams
 
@@ -51,3 +53,75 @@ def test_budget_above_smallest_class_is_refused(digits_labels):
         make_split(
             digits_labels, SplitParams(labels_per_class=500), seed=0, class_names=list("0123456789")
         )
+
+
+# ---------------------------------------------------------------- properties, over random data
+
+
+@st.composite
+def split_cases(draw):
+    """Random class sizes, label budgets, fractions, dataset-own val/test and duplicate images."""
+    sizes = draw(st.lists(st.integers(1, 40), min_size=1, max_size=6))
+    labels = np.repeat(np.arange(len(sizes)), sizes)
+    labels = labels[draw(st.permutations(range(len(labels))))]
+    subsets = np.array(
+        draw(
+            st.lists(
+                st.sampled_from(draw(st.sampled_from([["train"], ["train", "test"],
+                                                      ["train", "val", "test"]]))),
+                min_size=len(labels),
+                max_size=len(labels),
+            )
+        )
+    )  # fmt: skip
+    original = np.arange(len(labels))
+    for row in (
+        draw(st.lists(st.integers(1, len(labels) - 1), max_size=5)) if len(labels) > 1 else []
+    ):
+        same = np.flatnonzero((labels[:row] == labels[row]) & (subsets[:row] == subsets[row]))
+        if len(same):
+            original[row] = original[same[0]]  # a copy of an earlier image of its class/subset
+    test_fraction = draw(st.floats(0.01, 0.6))
+    val_fraction = draw(st.floats(0.0, min(0.3, 0.98 - test_fraction)))
+    if draw(st.booleans()):
+        budget = {"labels_per_class": draw(st.integers(1, 30)), "label_fraction": None}
+    else:
+        budget = {"labels_per_class": None, "label_fraction": draw(st.floats(0.001, 1.0))}
+    cfg = SplitParams(test_fraction=test_fraction, val_fraction=val_fraction, **budget)
+    return labels, subsets, original, cfg, draw(st.integers(0, 2**32 - 1))
+
+
+@settings(max_examples=300, deadline=None)
+@given(split_cases())
+def test_split_properties(case):
+    labels, subsets, original, cfg, seed = case
+    is_copy = original != np.arange(len(labels))
+    own_test, own_val = (subsets == "test").any(), (subsets == "val").any()
+    expected = {}  # per class: (test, val, labeled, unlabeled) cut from its training pool
+    for label in np.unique(labels):
+        n = ((labels == label) & (subsets == "train") & ~is_copy).sum()
+        n_test = 0 if own_test else round(cfg.test_fraction * n)
+        n_val = 0 if own_val else round(cfg.val_fraction * n)
+        rest = n - n_test - n_val
+        n_labeled = cfg.labels_per_class or max(1, round(cfg.label_fraction * rest))
+        expected[label] = (n_test, n_val, n_labeled, rest - n_labeled)
+    if any(unlabeled < 0 for *_, unlabeled in expected.values()):
+        with pytest.raises(UserError, match="training images"):  # the budget does not fit
+            make_split(labels, cfg, seed, None, subsets, original)
+        return
+    table = make_split(labels, cfg, seed, None, subsets, original)
+    # every image exactly once, with one of the four roles (so the roles are disjoint)
+    assert table["index"].tolist() == list(range(len(labels)))
+    assert set(table["role"]) <= set(ROLES)
+    roles = table["role"].to_numpy()
+    # deterministic
+    assert table.equals(make_split(labels, cfg, seed, None, subsets, original))
+    # the dataset's own val/test keep their roles; copies share their original's role
+    own = np.isin(subsets, ("val", "test"))
+    assert (roles[own] == subsets[own]).all()
+    assert (roles[is_copy] == roles[original[is_copy]]).all()
+    # stratified: each class's training pool is cut by the same fractions and budget
+    for label, counts in expected.items():
+        pool = (labels == label) & (subsets == "train") & ~is_copy
+        got = [(roles[pool] == role).sum() for role in ("test", "val", "labeled", "unlabeled")]
+        assert tuple(got) == counts

@@ -77,6 +77,7 @@ def train(
     """Train `objective.model` in place for `steps` steps; returns a checkpoint dict (with its
     config and the objective's state: optimizers, an MPL teacher). With `resume`, continue from
     its checkpoint if there is one and write one every `resume.every` steps."""
+    saved = resume.load() if resume is not None else None  # refuse a wrong one before work
     device = pick_device()
     chunk = augment_chunk(device)
     kernels = pixel_kernels(params.compute.fuse_augment, device)
@@ -97,7 +98,6 @@ def train(
     history: list[dict[str, float]] = []
     val_acc = float("nan")
 
-    saved = resume.load() if resume is not None else None
     if saved is not None:  # continue exactly where the checkpoint left off
         model.load_state_dict(saved["model"])
         objective.load_state_dict(saved)

@@ -71,10 +71,20 @@ def make_split(
         else:
             n_labeled = max(1, round((cfg.label_fraction or 0) * pool))
         name = class_names[label] if class_names else str(label)
-        if n_labeled > pool:
+        if n == 0:
             raise UserError(
-                f"split.labels_per_class={n_labeled}: class {name!r} has only {pool} training "
-                f"images ({n} in all); lower it or the test/val fractions"
+                f"class {name!r} has no training images, only the dataset's own val/test ones; "
+                "add some or drop the class"
+            )
+        if n_labeled > pool:
+            budget = (
+                f"split.labels_per_class={n_labeled}"
+                if cfg.labels_per_class is not None
+                else f"split.label_fraction={cfg.label_fraction}"
+            )
+            raise UserError(
+                f"{budget}: class {name!r} has only {pool} training images left for {n_labeled} "
+                f"labels ({n} before test and val are cut); lower it or the test/val fractions"
             )
         cuts = np.cumsum([n_test, n_val, n_labeled])
         test, val, labeled, unlabeled = np.split(members, cuts)
