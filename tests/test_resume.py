@@ -10,14 +10,17 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
 from s5cl import layout, pipeline
+from s5cl.datasets.streams import LabeledBatches, UnlabeledBatches
 from s5cl.methods import METHODS
 from s5cl.params import load_params
-from s5cl.resume import STAGE_PARAMS, Resume
+from s5cl.resume import STAGE_PARAMS, Resume, restore_rng_states, rng_states
+from s5cl.train import seed_everything
 
 from .conftest import ROOT, TINY, VENV_BIN, run, write_params
 
@@ -161,3 +164,36 @@ def test_checkpoint_fingerprints_use_the_params_dvc_reruns_a_stage_for():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for stage, sections in STAGE_PARAMS.items():
         assert tuple(stages[stage]["params"]) == sections
+
+
+def test_batch_streams_resume_mid_epoch_and_across_epoch_boundaries(digits_labels):
+    """Several epochs of each stream, straight through vs. stopped mid-epoch and rebuilt from a
+    checkpoint of its state and the RNGs: the same batches, in the same order."""
+    indices = np.arange(len(digits_labels)) * 3  # dataset rows, not positions
+
+    def streams(gen):
+        return (
+            LabeledBatches(indices, digits_labels, batch_size=8, m_per_class=2),
+            UnlabeledBatches(indices[:100], 16, gen),
+        )
+
+    def draw(labeled, unlabeled, n):
+        return [(next(labeled), next(unlabeled)[1]) for _ in range(n)]
+
+    gen = seed_everything(5)
+    straight = draw(*streams(gen), 200)  # 64 labeled batches and 6 unlabeled ones an epoch
+
+    gen = seed_everything(5)
+    labeled, unlabeled = streams(gen)
+    first = draw(labeled, unlabeled, 90)
+    state = (labeled.state_dict(), unlabeled.state_dict(), rng_states(gen))
+    draw(labeled, unlabeled, 50)  # what the killed run did after its checkpoint, lost
+
+    gen = seed_everything(0)  # a new process seeds as usual, then restores
+    labeled, unlabeled = streams(gen)
+    labeled.load_state_dict(state[0])
+    unlabeled.load_state_dict(state[1])
+    restore_rng_states(state[2], gen)
+    resumed = first + draw(labeled, unlabeled, 110)
+    for (l_a, u_a), (l_b, u_b) in zip(straight, resumed, strict=True):
+        assert np.array_equal(l_a, l_b) and np.array_equal(u_a, u_b)

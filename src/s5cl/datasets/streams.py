@@ -53,10 +53,16 @@ class LabeledBatches:
         return self.indices[batch]
 
     def state_dict(self) -> dict[str, Any]:
-        return {"order": self.order.copy(), "position": self.position}
+        # The sampler shuffles its class list in place each epoch: that order is state too.
+        return {
+            "order": self.order.copy(),
+            "position": self.position,
+            "class_order": list(self.sampler.labels),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.order, self.position = state["order"].copy(), int(state["position"])
+        self.sampler.labels = list(state["class_order"])
 
 
 class UnlabeledBatches:
