@@ -1,14 +1,20 @@
 """The whole pipeline, for real, in a temp copy of the project with a tiny config."""
 
+import base64
+import io
 import json
 import re
+from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 
-from .conftest import PBC, TINY, needs_shared, run, write_params
+from .conftest import PBC, SHARED, TINY, needs_shared, run, write_params
 
-STAGES = ["download", "prepare", "split", "warmup", "s5cl", "pseudolabel", "retrain", "evaluate"]
+STAGES = ["download", "prepare", "split", "warmup", "s5cl", "pseudolabel", "retrain"]
+STAGES += ["evaluate", "report"]
 MODELS = ("warmup", "s5cl", "final")
 
 
@@ -29,7 +35,22 @@ def _check_outputs(project):
     pseudo = pd.read_parquet(project / "data/pseudo/pseudo.parquet")
     assert sorted(pseudo["index"]) == sorted(split.loc[split["role"] == "unlabeled", "index"])
     assert "coverage" in json.loads((project / "metrics/pseudolabel.json").read_text())
+    _check_report(project / "report/index.html")
     return scores
+
+
+def _check_report(page: Path) -> None:
+    """Self-contained: every figure is an embedded PNG that decodes and is not blank."""
+    text = page.read_text()
+    figures = re.findall(r'src="data:image/png;base64,([^"]+)"', text)
+    assert len(figures) == 7  # curves, embedding map, pseudo-labels, per-class F1, 3 confusions
+    for encoded in figures:
+        image = Image.open(io.BytesIO(base64.b64decode(encoded)))
+        assert image.format == "PNG" and image.width > 300 and image.height > 200
+        assert np.asarray(image.convert("L")).std() > 5  # drawn on, not an empty canvas
+    assert 'src="http' not in text and "<script" not in text  # nothing fetched when opened
+    for heading in ("Test-set scores", "Pseudo-labels", "Params", "warmup", "final"):
+        assert heading in text
 
 
 def test_dvc_repro_runs_caches_and_reruns_only_what_changed(project):
@@ -44,7 +65,7 @@ def test_dvc_repro_runs_caches_and_reruns_only_what_changed(project):
 
     write_params(project, {"s5cl.tau_u": 0.5})
     third = run(["dvc", "repro"], project)
-    assert _ran(third.stdout) == ["s5cl", "pseudolabel", "retrain", "evaluate"]
+    assert _ran(third.stdout) == ["s5cl", "pseudolabel", "retrain", "evaluate", "report"]
 
     metrics = run(["dvc", "metrics", "show", "--json"], project)
     assert "evaluate.json" in metrics.stdout
@@ -88,6 +109,26 @@ def test_stage_scripts_on_a_real_folder_dataset(project):
     index = pd.read_parquet(project / "data/packed/folder/index.parquet")
     assert len(index) == 8 * 240
     assert index["md5"].str.len().eq(32).all()
+
+    # The trained model on new images: a folder of them, then files of any size to stdout.
+    out = project / "preds.csv"
+    run(["s5cl", "predict", "--folder", str(PBC / "basophil"), "--out", str(out)], project)
+    preds = pd.read_csv(out)
+    assert len(preds) == 240 and preds["path"].str.endswith(".jpg").all()
+    assert set(preds["predicted"]) <= set(index["class_name"])
+    assert preds["confidence"].between(0, 1).all()
+    labeled = torch.load(project / "models/final.pt", weights_only=False)["labeled"]
+    assert preds["neighbour_1"].isin(labeled["paths"]).all()
+    assert (preds["neighbour_1_similarity"] >= preds["neighbour_3_similarity"]).all()
+    tile = next(iter(sorted((SHARED / "crc-tiles-tif").glob("*/*/*.tif"))))  # 224x224, not 360
+    cell = sorted((PBC / "platelet").glob("*.jpg"))[0]
+    printed = run(["s5cl", "predict", str(cell), str(tile)], project).stdout
+    assert pd.read_csv(io.StringIO(printed))["path"].tolist() == [str(cell), str(tile)]
+    bad = run(["s5cl", "predict", str(project / "params.yaml")], project, check=False)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == (
+        f"s5cl predict: error: {project / 'params.yaml'}: not an image (PIL cannot identify it)"
+    )
 
 
 def test_a_user_mistake_is_one_line_not_a_traceback(project):

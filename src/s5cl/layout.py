@@ -8,6 +8,7 @@ PSEUDO = Path("data/pseudo/pseudo.parquet")
 MODELS = Path("models")
 METRICS = Path("metrics")
 PLOTS = Path("plots")
+REPORT = Path("report")
 CHECKPOINTS = Path("checkpoints")  # resume checkpoints: not pipeline outputs, deleted when done
 
 

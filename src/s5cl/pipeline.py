@@ -21,7 +21,14 @@ from s5cl.datasets.registry import download as fetch_dataset
 from s5cl.datasets.split import indices, make_split, originals
 from s5cl.device import configure, pick_device
 from s5cl.errors import UserError
-from s5cl.io import atomic_path, load_checkpoint, save_checkpoint, write_json, write_parquet
+from s5cl.io import (
+    atomic_path,
+    load_checkpoint,
+    read_json,
+    save_checkpoint,
+    write_json,
+    write_parquet,
+)
 from s5cl.methods import Objective, UnlabeledTargets, make_objective
 from s5cl.metrics import (
     classification_metrics,
@@ -32,6 +39,7 @@ from s5cl.metrics import (
 from s5cl.models import S5CLNet, build_model, embed_and_predict, model_from_checkpoint
 from s5cl.params import Params
 from s5cl.pseudo import pseudo_summary, pseudo_targets, select_pseudo_labels
+from s5cl.report import embedding_map, pseudo_label_curve, read_curves, render, training_curves
 from s5cl.resume import Resume, fingerprint
 from s5cl.train import train
 
@@ -119,6 +127,15 @@ def _train_stage(stage: str, params: Params, objective: Objective, steps: int, c
             live=live,
             resume=resume,
         )
+    # The labeled images' embeddings travel in the model file: `s5cl predict`'s neighbours.
+    labeled = indices(table, "labeled")
+    embeddings, _ = embed_and_predict(objective.model, data, labeled, pick_device())
+    paths = pd.read_parquet(packed / INDEX, columns=["path"])["path"].to_numpy()
+    checkpoint["labeled"] = {
+        "paths": paths[labeled].tolist(),
+        "labels": data.labels[labeled].tolist(),
+        "embeddings": torch.from_numpy(embeddings),
+    }
     save_checkpoint(layout.model_path(stage), checkpoint)
     resume.finish()
     final = checkpoint["final"]
@@ -252,3 +269,44 @@ def evaluate(params: Params) -> str:
         f"{name} acc {r['accuracy']:.3f} macro-F1 {r['macro_f1']:.3f}"
         for name, r in results.items()
     )
+
+
+def report(params: Params) -> str:
+    """report/index.html: scores, figures and params of the run, in one self-contained page."""
+    data, table = _open(params)
+    device = pick_device()
+    model = _for_inference(layout.model_path("retrain"), params, device)
+    test, labeled = indices(table, "test"), indices(table, "labeled")
+    rows = np.concatenate([test, labeled])
+    embeddings, _ = embed_and_predict(
+        model, data, rows, device, params.evaluate.batch_size, progress="report"
+    )
+    is_labeled = np.arange(len(rows)) >= len(test)
+    figures = {
+        "Training curves, all phases (also in dvclive: dvc plots show)": training_curves(
+            read_curves(layout.METRICS)
+        ),
+        "Embedding map of the final model": embedding_map(
+            embeddings, data.labels[rows], is_labeled, data.class_names, params.seed
+        ),
+        "Pseudo-label accuracy and coverage against the confidence threshold": (
+            pseudo_label_curve(pd.read_parquet(layout.PSEUDO), params.pseudolabel.threshold)
+        ),
+        "Per-class F1": (layout.PLOTS / "per_class_f1.png").read_bytes(),
+        **{
+            f"Confusion matrix: {name}": (layout.PLOTS / f"confusion_{name}.png").read_bytes()
+            for name in EVALUATED
+        },
+    }
+    scores = read_json(layout.METRICS / "evaluate.json")
+    page = render(
+        f"S5CL pipeline: {params.method} on {params.data.name}",
+        params.model_dump(mode="json"),
+        {name: scores[name] for name in EVALUATED},
+        read_json(layout.METRICS / "pseudolabel.json"),
+        figures,
+    )
+    out = layout.REPORT / "index.html"
+    with atomic_path(out) as tmp:
+        tmp.write_text(page)
+    return f"{out}: {len(figures)} figures, {len(page) // 1024} KB, self-contained"

@@ -10,6 +10,7 @@ SPLIT = "data/splits/split.parquet"
 # the thread count changes floating-point results (bitwise reproducibility is per thread count).
 TORCH_THREADS = min(workflow.cores, os.cpu_count() or 1)
 TRAIN_CODE = [
+    "src/s5cl/pipeline.py",
     "src/s5cl/train.py",
     "src/s5cl/methods.py",
     "src/s5cl/losses.py",

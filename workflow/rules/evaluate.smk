@@ -22,3 +22,27 @@ rule evaluate:
         "../envs/s5cl.yaml"
     shell:
         "python stages/evaluate.py {params.sets} 2>&1 | tee {log}"
+
+
+rule report:
+    input:
+        "stages/report.py",
+        "src/s5cl/report.py",
+        PACKED,
+        SPLIT,
+        "data/pseudo/pseudo.parquet",
+        "models/final.pt",
+        "metrics/evaluate.json",
+        "metrics/pseudolabel.json",
+        "plots",
+    output:
+        "report/index.html",
+    params:
+        sets=stage_args("seed", "data", "compute", "pseudolabel", "evaluate"),
+    threads: TORCH_THREADS
+    log:
+        "logs/report.log",
+    conda:
+        "../envs/s5cl.yaml"
+    shell:
+        "python stages/report.py {params.sets} 2>&1 | tee {log}"

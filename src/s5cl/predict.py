@@ -1,0 +1,110 @@
+"""`s5cl predict`: classify new images with a trained model file, and show which labeled
+training images each one sits closest to in the embedding.
+
+Everything needed travels in the model file: weights, class names, the image size and the
+normalisation of the training run, and the embeddings of its labeled images (the neighbours).
+New images of any size go through the same decoding as `prepare` (8-bit check, RGB, bilinear
+resize), so a prediction sees what training saw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from s5cl.augment import normalize, to_float
+from s5cl.datasets.prepare import decode_file
+from s5cl.device import pick_device
+from s5cl.errors import UserError
+from s5cl.io import load_checkpoint
+from s5cl.models import model_from_checkpoint
+
+
+def image_files(folder: Path) -> list[Path]:
+    """Every non-hidden file under `folder`, sorted (a file that is not an image is an error)."""
+    if not folder.is_dir():
+        raise UserError(f"--folder {folder}: not a folder")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise UserError(f"--folder {folder}: no files inside")
+    return files
+
+
+@torch.no_grad()
+def predict(
+    checkpoint: dict, paths: list[Path], neighbours: int = 3, batch_size: int = 64
+) -> pd.DataFrame:
+    """One row per image: predicted class, confidence, and the `neighbours` nearest labeled
+    training images by cosine similarity of the embeddings."""
+    if "labeled" not in checkpoint:
+        raise UserError("the model file has no labeled embeddings; retrain it with this version")
+    device = pick_device()
+    model = model_from_checkpoint(checkpoint).eval().to(device)
+    size, names = checkpoint["image_size"], checkpoint["class_names"]
+    reference = torch.as_tensor(checkpoint["labeled"]["embeddings"], device=device)
+    reference = torch.nn.functional.normalize(reference, dim=1)
+    k = min(neighbours, len(reference))
+    rows = []
+    for start in range(0, len(paths), batch_size):
+        chunk = paths[start : start + batch_size]
+        images = []
+        for path in chunk:
+            decoded = decode_file(str(path), size)
+            if decoded.problem is not None:
+                raise UserError(f"{path}: {decoded.problem}")
+            images.append(decoded.image)
+        batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).to(device)
+        x = normalize(to_float(batch.contiguous()), checkpoint["mean"], checkpoint["std"])
+        emb = model.embed(x)
+        probs = model.classifier(emb).softmax(1)
+        similarity = torch.nn.functional.normalize(emb, dim=1) @ reference.T
+        top_sim, top = similarity.topk(k, dim=1)
+        for i, path in enumerate(chunk):
+            row = {
+                "path": str(path),
+                "predicted": names[int(probs[i].argmax())],
+                "confidence": round(float(probs[i].max()), 6),
+            }
+            for j in range(k):
+                ref = int(top[i, j])
+                row[f"neighbour_{j + 1}"] = checkpoint["labeled"]["paths"][ref]
+                row[f"neighbour_{j + 1}_class"] = names[int(checkpoint["labeled"]["labels"][ref])]
+                row[f"neighbour_{j + 1}_similarity"] = round(float(top_sim[i, j]), 6)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The `s5cl` console command; `s5cl predict --help` for its options."""
+    parser = argparse.ArgumentParser(prog="s5cl", description="S5CL: use a trained model")
+    commands = parser.add_subparsers(dest="command", required=True)
+    sub = commands.add_parser("predict", help="classify images with a model file")
+    sub.add_argument("images", nargs="*", type=Path, help="image files")
+    sub.add_argument("--model", type=Path, default=Path("models/final.pt"))
+    sub.add_argument("--folder", type=Path, help="classify every image under this folder")
+    sub.add_argument("--out", type=Path, help="CSV to write (default: print to stdout)")
+    sub.add_argument("--neighbours", type=int, default=3, help="nearest labeled images per row")
+    args = parser.parse_args(argv)
+    try:
+        if bool(args.images) == bool(args.folder):
+            raise UserError("give image files or --folder DIR (one of the two)")
+        paths = image_files(args.folder) if args.folder else list(args.images)
+        table = predict(load_checkpoint(args.model), paths, args.neighbours)
+    except UserError as error:
+        print(f"s5cl predict: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        table.to_csv(args.out, index=False)
+        print(f"s5cl predict: {len(table)} images -> {args.out}", file=sys.stderr)
+    else:
+        table.to_csv(sys.stdout, index=False)
+
+
+if __name__ == "__main__":
+    main()

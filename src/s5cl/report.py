@@ -1,0 +1,169 @@
+"""`report/index.html`: one self-contained page (figures embedded as PNG) with what a user
+judges a run by: params, scores, confusions, the embedding map, the pseudo-labels, the curves."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import yaml
+from sklearn.manifold import TSNE
+
+from s5cl.errors import UserError
+
+SCORES = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "knn_accuracy")
+PHASES = ("warmup", "s5cl", "retrain")
+
+
+def png(fig: plt.Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def embedding_map(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    is_labeled: np.ndarray,
+    class_names: list[str],
+    seed: int,
+) -> bytes:
+    """t-SNE of the embeddings (N x D), coloured by class; labeled images as black-edged stars."""
+    perplexity = float(min(30, max(2, (len(embeddings) - 1) // 3)))
+    xy = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(embeddings)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    colours = plt.get_cmap("tab20" if len(class_names) > 10 else "tab10")
+    for c, name in enumerate(class_names):
+        test = (labels == c) & ~is_labeled
+        ax.scatter(*xy[test].T, s=9, color=colours(c % colours.N), label=name, alpha=0.75)
+        ax.scatter(
+            *xy[(labels == c) & is_labeled].T,
+            s=120,
+            marker="*",
+            color=colours(c % colours.N),
+            edgecolors="black",
+            linewidths=0.8,
+        )
+    ax.scatter([], [], s=120, marker="*", color="white", edgecolors="black", label="labeled")
+    ax.set(xticks=[], yticks=[], title="Final model's embedding (t-SNE): test images + labeled ★")
+    ax.legend(fontsize=7, markerscale=1.5, loc="center left", bbox_to_anchor=(1, 0.5))
+    return png(fig)
+
+
+def pseudo_label_curve(pseudo: pd.DataFrame, threshold: float) -> bytes:
+    """Accuracy and coverage of the pseudo-labels kept at each confidence threshold."""
+    thresholds = np.linspace(0, 0.995, 200)
+    confidence = pseudo["confidence"].to_numpy()
+    right = (pseudo["label"] == pseudo["true_label"]).to_numpy()
+    coverage = [(confidence >= t).mean() for t in thresholds]
+    accuracy = [right[confidence >= t].mean() if (confidence >= t).any() else np.nan
+                for t in thresholds]  # fmt: skip
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    ax.plot(thresholds, accuracy, label="accuracy of kept")
+    ax.plot(thresholds, coverage, label="share kept", linestyle="--")
+    ax.axvline(threshold, color="grey", linewidth=0.8)
+    ax.text(threshold, 0.02, f" pseudolabel.threshold={threshold}", fontsize=8, color="grey")
+    ax.set(xlabel="confidence threshold", ylim=(0, 1.02), title="Pseudo-labels vs. threshold")
+    ax.legend(loc="lower left", fontsize=8)
+    return png(fig)
+
+
+def read_curves(metrics_dir: Path) -> pd.DataFrame:
+    """dvclive's per-stage TSVs -> one long table: phase, step (continuing across phases),
+    metric, value."""
+    frames, offset = [], 0
+    for phase in PHASES:
+        folder = metrics_dir / phase / "plots" / "metrics"
+        files = sorted(folder.rglob("*.tsv")) if folder.is_dir() else []
+        if not files:
+            continue
+        last = 0
+        for path in files:
+            table = pd.read_csv(path, sep="\t")
+            metric = str(path.relative_to(folder).with_suffix(""))
+            frames.append(
+                pd.DataFrame(
+                    {"phase": phase, "step": table["step"] + offset, "metric": metric,
+                     "value": table.iloc[:, -1]}
+                )
+            )  # fmt: skip
+            last = max(last, int(table["step"].max()) + 1)
+        offset += last
+    if not frames:
+        raise UserError(f"{metrics_dir}: no training curves; run the training stages first")
+    return pd.concat(frames)
+
+
+def training_curves(curves: pd.DataFrame) -> bytes:
+    """Loss and validation accuracy over all phases, one after the other."""
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 3.6))
+    for phase, group in curves.groupby("phase", sort=False):
+        loss = group[group["metric"] == "train/loss"]
+        loss_ax.plot(loss["step"], loss["value"], linewidth=0.8, label=phase)
+        val = group[group["metric"] == "val/acc"]
+        acc_ax.plot(val["step"], val["value"], marker="o", label=phase)
+    loss_ax.set(xlabel="step (all phases)", title="training loss")
+    acc_ax.set(xlabel="step (all phases)", title="validation accuracy", ylim=(0, 1.02))
+    for ax in (loss_ax, acc_ax):
+        ax.legend(fontsize=8)
+    return png(fig)
+
+
+def _img(data: bytes, alt: str) -> str:
+    encoded = base64.b64encode(data).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{encoded}">'
+
+
+def _scores_table(scores: dict[str, dict]) -> str:
+    head = "".join(f"<th>{s.replace('_', ' ')}</th>" for s in SCORES)
+    rows = "".join(
+        f"<tr><td>{model}</td>"
+        + "".join(f"<td>{result[s]:.3f}</td>" for s in SCORES if s in result)
+        + "</tr>"
+        for model, result in scores.items()
+    )
+    return f"<table><tr><th>model</th>{head}</tr>{rows}</table>"
+
+
+def render(
+    title: str,
+    params: dict,
+    scores: dict[str, dict],
+    pseudo_summary: dict,
+    figures: dict[str, bytes],
+) -> str:
+    """The page. `figures`: caption -> PNG bytes, shown in order."""
+    pseudo = ", ".join(
+        f"{key.replace('_', ' ')} {value:.3f}" if isinstance(value, float) else f"{key} {value}"
+        for key, value in pseudo_summary.items()
+        if not isinstance(value, dict)
+    )
+    blocks = "".join(f"<figure>{_img(data, caption)}<figcaption>{html.escape(caption)}"
+                     "</figcaption></figure>" for caption, data in figures.items())  # fmt: skip
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222 }}
+table {{ border-collapse: collapse; margin: 1em 0 }}
+td, th {{ border: 1px solid #ccc; padding: 4px 10px; text-align: right }}
+td:first-child, th:first-child {{ text-align: left }}
+figure {{ display: inline-block; margin: 0.5em; vertical-align: top }}
+figure img {{ max-width: 100% }} figcaption {{ font-size: 0.9em; color: #555 }}
+pre {{ background: #f6f6f6; padding: 1em; font-size: 0.8em; max-height: 24em; overflow: auto }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<h2>Test-set scores</h2>{_scores_table(scores)}
+<p>Pseudo-labels: {html.escape(pseudo)}</p>
+<h2>Figures</h2>{blocks}
+<h2>Params</h2><pre>{html.escape(yaml.safe_dump(params, sort_keys=False))}</pre>
+</body></html>
+"""
