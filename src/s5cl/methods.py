@@ -105,7 +105,19 @@ def step_loss(
     return loss, parts, logits
 
 
-class ContrastiveObjective:
+class _OneOptimizer:
+    """State of an objective that updates the model with one optimizer (for checkpoints)."""
+
+    optimizer: torch.optim.Optimizer
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+
+
+class ContrastiveObjective(_OneOptimizer):
     """S5CL's hierarchy of SupCon losses + CE; with w_l = 0 and no targets it is plain CE."""
 
     def __init__(
@@ -134,12 +146,6 @@ class ContrastiveObjective:
         loss, parts, logits = step_loss(self.model, x, y_l, y_u, loss_fn)
         _step(self.optimizer, loss, "the loss", step)
         return parts, logits
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
 
 
 # ---------------------------------------------------------------- FixMatch
@@ -178,7 +184,7 @@ def fixmatch_loss(
     return total, parts
 
 
-class FixMatchObjective:
+class FixMatchObjective(_OneOptimizer):
     uses_unlabeled = True
 
     def __init__(self, model: S5CLNet, cfg: SupervisedParams, threshold: float, weight: float):
@@ -195,12 +201,6 @@ class FixMatchObjective:
         loss, parts = fixmatch_loss(logits_l, y_l, weak_u, strong_u, self.threshold, self.weight)
         _step(self.optimizer, loss, "the FixMatch loss", step)
         return parts, logits_l
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.optimizer.load_state_dict(state["optimizer"])
 
 
 # ---------------------------------------------------------------- Meta Pseudo Labels

@@ -126,9 +126,7 @@ def _img(data: bytes, alt: str) -> str:
 def _scores_table(scores: dict[str, dict]) -> str:
     head = "".join(f"<th>{s.replace('_', ' ')}</th>" for s in SCORES)
     rows = "".join(
-        f"<tr><td>{model}</td>"
-        + "".join(f"<td>{result[s]:.3f}</td>" for s in SCORES if s in result)
-        + "</tr>"
+        f"<tr><td>{model}</td>" + "".join(f"<td>{result[s]:.3f}</td>" for s in SCORES) + "</tr>"
         for model, result in scores.items()
     )
     return f"<table><tr><th>model</th>{head}</tr>{rows}</table>"
