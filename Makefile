@@ -4,7 +4,7 @@ VENV := .venv
 PYTHON ?= python3
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run test setup
+.PHONY: run test setup slurm
 setup: $(VENV)/.installed
 
 # torch/torchvision are pinned in pyproject.toml; pip takes them from the local wheel cache.
@@ -17,6 +17,16 @@ $(VENV)/.installed: pyproject.toml
 run: setup
 	dvc repro
 
-test: setup
+# tests/test_slurm.py starts a one-node SLURM cluster from Debian's slurm-wlm and munge: as root
+# with apt-get (CI), install them if missing; elsewhere that test is skipped, saying why.
+slurm:
+	@test -x /usr/sbin/slurmctld -a -x /usr/sbin/munged && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing slurm-wlm and munge (apt-get) for tests/test_slurm.py"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq slurm-wlm munge \
+	    >/dev/null || echo "note: could not install slurm-wlm and munge; tests/test_slurm.py will skip"; \
+	else echo "note: slurm-wlm and munge are not installed; tests/test_slurm.py will skip"; fi
+
+test: setup slurm
 	ruff check src stages tests bench
 	pytest

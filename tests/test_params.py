@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from s5cl.errors import UserError
-from s5cl.params import json_schema, load_params
+from s5cl.params import json_schema, load_params, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -68,4 +68,5 @@ def test_model_defaults_are_the_projects_default_run():
     from s5cl.params import Params
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
-    assert Params().model_dump() == raw
+    assert set(raw) == set(Params.model_fields)  # every section written out
+    assert validate(raw).model_dump() == Params().model_dump()

@@ -23,7 +23,8 @@ def _overlay(overrides: dict) -> dict:
 
 def test_snakemake_sweep_runs_each_method_budget_and_seed_once_then_aggregates(project):
     config = _overlay(TINY) | {
-        "sweep": {"methods": ["ce", "mpl"], "budgets": [2], "seeds": [0, 1], "threads": 1}
+        "sweep": {"methods": ["ce", "mpl"], "budgets": [2], "seeds": [0, 1]},
+        "resources": {"rules": {"sweep_run": {"cpus": 1}}},
     }
     (project / "tiny.yaml").write_text(yaml.safe_dump(config))
     sweep = ["snakemake", "--cores", "2", "sweep", "--configfile", "tiny.yaml"]
@@ -54,3 +55,4 @@ def test_presets_are_valid_params_over_params_yaml(preset: Path):
     checked = validate(params)
     assert checked.sweep.methods == ["ce", "supcon", "fixmatch", "mpl", "s5cl"]
     assert checked.augment.flip_rotate
+    assert checked.resources.of("sweep_run").gpus == 1  # one GPU per run on a cluster

@@ -14,11 +14,12 @@ from s5cl.params import ComputeParams
 
 
 def pick_device() -> torch.device:
-    """`cuda` when present, else CPU; S5CL_DEVICE=cpu forces the CPU."""
+    """`cuda` when present (under torchrun, the process's own GPU: LOCAL_RANK), else CPU;
+    S5CL_DEVICE=cpu forces the CPU."""
     wanted = os.environ.get("S5CL_DEVICE", "auto")
-    if wanted == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(wanted)
+    if wanted == "auto" and torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu" if wanted == "auto" else wanted)
 
 
 def augment_chunk(device: torch.device) -> int | None:

@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from pytorch_metric_learning.losses import SupConLoss
 
+from s5cl import distributed
+
 
 def _check_views(embeddings: torch.Tensor, targets: torch.Tensor, name: str) -> None:
     if embeddings.ndim != 2:
@@ -29,14 +31,17 @@ def _check_views(embeddings: torch.Tensor, targets: torch.Tensor, name: str) -> 
 
 
 def supcon(embeddings: torch.Tensor, targets: torch.Tensor, temperature: float) -> torch.Tensor:
-    """SupCon over two views per image.
+    """SupCon over two views per image, over the global batch.
 
     embeddings: 2B x D, the B weak views then the B strong views (any scale; cosine inside).
     targets: B integer labels; view i and view B+i share targets[i].
+    Under torchrun these are one rank's share: the views and targets of every rank are
+    gathered first, so each rank computes the loss of the whole global batch.
     """
     _check_views(embeddings, targets, "supcon")
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
+    embeddings, targets = distributed.gather_views(embeddings), distributed.gather(targets)
     return SupConLoss(temperature=temperature)(embeddings, torch.cat([targets, targets]))
 
 

@@ -13,6 +13,9 @@ and strong views and the same network; only what a step minimises differs:
 
 `x` below is always the normalised views of one step: labeled weak, labeled strong, then (for
 methods that use them) unlabeled weak, unlabeled strong; B_l labeled and B_u unlabeled images.
+Under torchrun these are one rank's shard of the global batch: objectives run their networks
+through `self.net` (DDP, see distributed.py), SupCon gathers the views of every rank, and
+per-rank means (CE, MPL's h) average to the global ones.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from s5cl import distributed
 from s5cl.losses import S5CLLoss
 from s5cl.models import S5CLNet
 from s5cl.params import Params, SupervisedParams
@@ -37,7 +41,7 @@ def _optimizer(model: S5CLNet, cfg: SupervisedParams) -> torch.optim.Optimizer:
 
 
 def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, what: str, step: int) -> None:
-    if not torch.isfinite(loss):
+    if not distributed.all_finite(loss):  # on every rank, so all ranks stop together
         raise FloatingPointError(f"{what} is {loss.item()} at step {step}")
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -65,11 +69,12 @@ def unlabeled_targets(
 ) -> tuple[torch.Tensor | None, float, float]:
     """Targets of one unlabeled batch and the (tau, weight) of their SupCon term.
 
-    Instance ids are offset by num_classes so they never collide with a class id. Returns None
-    targets for the online mode after its switch: the step computes them from the classifier.
+    An image's instance id is its position in the unlabeled set (unique within a global batch,
+    whichever rank holds it), offset by num_classes so it never collides with a class id.
+    Returns None targets for the online mode after its switch: the step computes them from the
+    classifier.
     """
-    n_u = len(positions)
-    instance = torch.arange(n_u, device=device) + num_classes
+    instance = torch.from_numpy(positions).to(device) + num_classes
     if targets.mode == "pseudo":
         pseudo = torch.from_numpy(targets.pseudo[positions]).to(device)
         return torch.where(pseudo >= 0, pseudo, instance), targets.tau, targets.weight
@@ -79,7 +84,7 @@ def unlabeled_targets(
 
 
 def step_loss(
-    model: S5CLNet,
+    model: S5CLNet | torch.nn.Module,
     x: torch.Tensor,
     y_l: torch.Tensor,
     y_u: torch.Tensor | None,
@@ -87,28 +92,36 @@ def step_loss(
 ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor]:
     """One forward pass over all views and the S5CL loss.
 
-    x: (2 B_l [+ 2 B_u]) x 3 x H x W. y_l: B_l labels. y_u: B_u targets; None with unlabeled
-    views means "the classifier's argmax on the weak views" (the paper's online pseudo-labels).
+    model: the S5CLNet, or DDP around it. x: (2 B_l [+ 2 B_u]) x 3 x H x W. y_l: B_l labels.
+    y_u: B_u targets; None with unlabeled views means "the classifier's argmax on the weak
+    views" (the paper's online pseudo-labels).
     Returns (loss, its parts, classifier logits of the labeled weak views).
     """
     n_l = len(y_l)
-    emb = model.embed(x)
+    emb, logits = model(x, classify=n_l)  # logits: CE on the weak views of labeled images
     emb_l, emb_u = emb[: 2 * n_l], emb[2 * n_l :]
-    logits = model.classifier(emb_l[:n_l])  # CE on the weak views of labeled images
     if len(emb_u) == 0:
         loss, parts = loss_fn(emb_l, y_l, logits)
         return loss, parts, logits
     if y_u is None:
+        classifier = getattr(model, "module", model).classifier  # DDP keeps the net in .module
         with torch.no_grad():
-            y_u = model.classifier(emb_u[: len(emb_u) // 2]).argmax(1)
+            y_u = classifier(emb_u[: len(emb_u) // 2]).argmax(1)
     loss, parts = loss_fn(emb_l, y_l, logits, emb_u, y_u)
     return loss, parts, logits
 
 
 class _OneOptimizer:
-    """State of an objective that updates the model with one optimizer (for checkpoints)."""
+    """An objective that updates the model with one optimizer: its state (for checkpoints),
+    and what its steps call (`net`: the model, or DDP around it under torchrun)."""
 
+    model: S5CLNet
+    net: torch.nn.Module
     optimizer: torch.optim.Optimizer
+
+    def distribute(self) -> None:
+        """Under torchrun: DDP and global BatchNorm around the model (no-op alone)."""
+        self.net = distributed.data_parallel(self.model)
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict()}
@@ -132,6 +145,7 @@ class ContrastiveObjective(_OneOptimizer):
         self.targets = targets
         self.uses_unlabeled = targets is not None
         self.optimizer = _optimizer(model, cfg)
+        self.net = model
 
     def update(
         self, x: torch.Tensor, y_l: torch.Tensor, pos_u: np.ndarray | None, step: int
@@ -143,7 +157,7 @@ class ContrastiveObjective(_OneOptimizer):
                 self.targets, pos_u, step, self.num_classes, x.device
             )
             loss_fn = S5CLLoss(cfg.tau_l, self.w_l, cfg.w_c, tau, weight)
-        loss, parts, logits = step_loss(self.model, x, y_l, y_u, loss_fn)
+        loss, parts, logits = step_loss(self.net, x, y_l, y_u, loss_fn)
         _step(self.optimizer, loss, "the loss", step)
         return parts, logits
 
@@ -190,12 +204,13 @@ class FixMatchObjective(_OneOptimizer):
     def __init__(self, model: S5CLNet, cfg: SupervisedParams, threshold: float, weight: float):
         self.model, self.threshold, self.weight = model, threshold, weight
         self.optimizer = _optimizer(model, cfg)
+        self.net = model
 
     def update(
         self, x: torch.Tensor, y_l: torch.Tensor, pos_u: np.ndarray | None, step: int
     ) -> tuple[dict[str, float], torch.Tensor]:
         n_l = len(y_l)
-        logits = self.model(x)
+        logits = self.net(x)
         logits_l = logits[:n_l]
         weak_u, strong_u = logits[2 * n_l :].chunk(2)
         loss, parts = fixmatch_loss(logits_l, y_l, weak_u, strong_u, self.threshold, self.weight)
@@ -231,6 +246,12 @@ class MPLObjective:
         self.model, self.teacher = student, teacher
         self.optimizer = _optimizer(student, cfg)
         self.teacher_optimizer = _optimizer(teacher, cfg)
+        self.net, self.teacher_net = student, teacher  # what the steps call
+
+    def distribute(self) -> None:
+        """Under torchrun: DDP and global BatchNorm around student and teacher."""
+        self.net = distributed.data_parallel(self.model)
+        self.teacher_net = distributed.data_parallel(self.teacher)
 
     def update(
         self, x: torch.Tensor, y_l: torch.Tensor, pos_u: np.ndarray | None, step: int
@@ -241,18 +262,18 @@ class MPLObjective:
         n_u = len(x_u_weak)
         self.teacher.train()
 
-        t_logits = self.teacher(torch.cat([x_l, x_u_weak, x_u_strong]))
+        t_logits = self.teacher_net(torch.cat([x_l, x_u_weak, x_u_strong]))
         t_logits_l, t_logits_u_weak, t_logits_u_strong = t_logits.split([n_l, n_u, n_u])
         pseudo = t_logits_u_weak.detach().argmax(1)
 
-        s_logits = self.model(torch.cat([x_l, x_u_strong]))
+        s_logits = self.net(torch.cat([x_l, x_u_strong]))
         s_logits_l, s_logits_u = s_logits.split([n_l, n_u])
         s_loss_l_before = F.cross_entropy(s_logits_l.detach(), y_l)
         s_loss = F.cross_entropy(s_logits_u, pseudo)
         _step(self.optimizer, s_loss, "the MPL student's loss", step)
         with torch.no_grad():
-            s_loss_l_after = F.cross_entropy(self.model(x_l), y_l)
-        h = (s_loss_l_before - s_loss_l_after).item()
+            s_loss_l_after = F.cross_entropy(self.net(x_l), y_l)
+        h = distributed.mean_value(s_loss_l_before - s_loss_l_after)  # the global batch's
 
         t_loss = mpl_teacher_loss(t_logits_l, y_l, t_logits_u_strong, pseudo, h)
         _step(self.teacher_optimizer, t_loss, "the MPL teacher's loss", step)

@@ -47,8 +47,16 @@ class S5CLNet(nn.Module):
         with torch.autocast(x.device.type, dtype=self.autocast):
             return self.embedder(self.encoder(x)).float()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.embed(x))
+    def forward(
+        self, x: torch.Tensor, classify: int | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Logits of x (B x C). With `classify=n`, what an S5CL step needs in one call (so DDP
+        sees every parameter it used): the embeddings of all of x (B x D) and the logits of
+        its first n rows (n x C)."""
+        emb = self.embed(x)
+        if classify is None:
+            return self.classifier(emb)
+        return emb, self.classifier(emb[:classify])
 
 
 def build_model(cfg: ModelParams, num_classes: int, seed: int) -> S5CLNet:

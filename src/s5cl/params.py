@@ -237,7 +237,6 @@ class SweepParams(Section):
     budgets: list[float] = Field([5], min_length=1, description="label budgets to compare")
     seeds: list[int] = Field([0], min_length=1)
     metric: Metric = Field("accuracy", description="the figure's metric; the tables have all")
-    threads: int = Field(2, ge=1, description="CPU threads per run (runs go in parallel)")
     reference: dict[str, dict[float, float]] | None = Field(
         None, description="published figures per method and budget, drawn dashed"
     )
@@ -250,6 +249,76 @@ class SweepParams(Section):
             if self.budget == "label_fraction" and not 0 < value <= 1:
                 raise ValueError(f"sweep.budgets: fraction {value} is not in (0, 1]")
         return self
+
+
+RuleName = Literal[
+    "download",
+    "prepare",
+    "split",
+    "warmup",
+    "s5cl",
+    "pseudolabel",
+    "retrain",
+    "evaluate",
+    "report",
+    "sweep_run",
+    "sweep_aggregate",
+]
+MULTI_GPU_RULES = ("warmup", "s5cl", "retrain")  # the training loop; see s5cl.distributed
+INFERENCE_RULES = ("pseudolabel", "evaluate", "report")
+
+
+class RuleResources(Section):
+    """What one Snakemake rule's jobs ask for; a key left out comes from resources.default."""
+
+    cpus: int | None = Field(
+        None, ge=1, description="cores: the rule's threads, and sbatch --cpus-per-task"
+    )
+    mem_mb: int | None = Field(None, ge=1, description="memory in MB (sbatch --mem)")
+    runtime: int | None = Field(None, ge=1, description="wall-clock limit in minutes (sbatch -t)")
+    gpus: int | None = Field(
+        None,
+        ge=0,
+        description="GPUs (sbatch --gpus); above 1, a training rule runs torchrun with one "
+        "process per GPU",
+    )
+
+
+class ResourcesParams(Section):
+    """Snakemake only: what each rule's jobs ask of the machine or the cluster (a profile such
+    as workflow/profiles/slurm turns them into sbatch options). The stages never read it."""
+
+    default: RuleResources = RuleResources(cpus=1, mem_mb=2000, runtime=30, gpus=0)
+    rules: dict[RuleName, RuleResources] = Field(
+        default_factory=lambda: {
+            "prepare": RuleResources(cpus=8, mem_mb=8000, runtime=60),
+            **{rule: RuleResources(cpus=8, mem_mb=8000) for rule in INFERENCE_RULES},
+            "warmup": RuleResources(cpus=8, mem_mb=8000, runtime=60),
+            "s5cl": RuleResources(cpus=8, mem_mb=8000, runtime=120),
+            "retrain": RuleResources(cpus=8, mem_mb=8000, runtime=120),
+            "sweep_run": RuleResources(cpus=2, mem_mb=8000, runtime=240),
+        },
+        description="per rule, the keys that differ from default",
+    )
+
+    @model_validator(mode="after")
+    def _complete_and_placeable(self) -> ResourcesParams:
+        missing = [key for key, value in self.default.model_dump().items() if value is None]
+        if missing:
+            raise ValueError(f"resources.default must set {', '.join(missing)}")
+        for rule in self.rules:
+            gpus = self.of(rule).gpus
+            if gpus > 1 and rule not in MULTI_GPU_RULES:
+                raise ValueError(
+                    f"resources.rules.{rule}.gpus={gpus}: only {', '.join(MULTI_GPU_RULES)} "
+                    "run on several GPUs (torchrun); give it 1"
+                )
+        return self
+
+    def of(self, rule: str) -> RuleResources:
+        """The resources of `rule`: its own keys over the defaults."""
+        own = self.rules.get(rule, RuleResources()).model_dump(exclude_none=True)
+        return self.default.model_copy(update=own)
 
 
 class Params(Section):
@@ -268,6 +337,7 @@ class Params(Section):
     evaluate: EvaluateParams = EvaluateParams()
     checkpoint: CheckpointParams = CheckpointParams()
     sweep: SweepParams = SweepParams()
+    resources: ResourcesParams = ResourcesParams()
 
 
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
@@ -301,6 +371,8 @@ def _describe(error: ValidationError, raw: dict[str, Any]) -> str:
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         return f"unknown parameter {loc} (check the spelling against params.yaml)"
+    if first["loc"] and first["loc"][-1] == "[key]":  # a mapping's key, e.g. a rule's name
+        return f"{loc.removesuffix('.[key]')}: unknown name; {message}"
     if loc and not isinstance(value, dict):
         return f"{loc} = {value!r}: {message}"
     if loc and f"{loc}." not in message:  # a section-level check, shared by several sections
@@ -326,6 +398,21 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
     for key, value in parse_overrides(overrides or []):
         _set_dotted(raw, key, value)
     return validate(raw)
+
+
+def from_snakemake_config(config: dict[str, Any]) -> Params:
+    """Params from Snakemake's config: params.yaml plus `--config` overrides, whose nested
+    values Snakemake leaves as strings (`--config 's5cl={tau_u: 0.5}'` gives '0.5').
+    Validation converts numbers and booleans as it does for `--set`; 'null' is None here."""
+
+    def typed(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {key: typed(item) for key, item in value.items()}
+        if isinstance(value, list):
+            return [typed(item) for item in value]
+        return None if value in ("null", "~") else value
+
+    return validate(typed(config))
 
 
 def json_schema() -> dict[str, Any]:

@@ -6,6 +6,7 @@ line; dvc.yaml and workflow/rules/*.smk name the same paths as `s5cl.layout`.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pandas as pd
 import torch
 from dvclive import Live
 
-from s5cl import layout
+from s5cl import distributed, layout
 from s5cl.datasets.packed import PackedDataset
 from s5cl.datasets.prepare import INDEX, STATS
 from s5cl.datasets.prepare import prepare as pack_dataset
@@ -113,7 +114,9 @@ def _train_stage(stage: str, params: Params, objective: Objective, steps: int, c
     resume = Resume(
         layout.resume_path(stage), params.checkpoint.every, fingerprint(stage, params, inputs)
     )
-    with Live(dir=str(layout.METRICS / stage), dvcyaml=None, save_dvc_exp=False) as live:
+    main = distributed.is_main()  # under torchrun, rank 0 alone logs and writes
+    logger = Live(dir=str(layout.METRICS / stage), dvcyaml=None, save_dvc_exp=False)
+    with logger if main else contextlib.nullcontext() as live:
         checkpoint = train(
             stage,
             objective,
@@ -127,6 +130,13 @@ def _train_stage(stage: str, params: Params, objective: Objective, steps: int, c
             live=live,
             resume=resume,
         )
+    final = checkpoint["final"]
+    summary = (
+        f"{params.method}: {steps} steps, loss {final['loss']:.3f}, "
+        f"val acc {final.get('val_acc', float('nan')):.3f} -> {layout.model_path(stage)}"
+    )
+    if not main:
+        return summary
     # The labeled images' embeddings travel in the model file: `s5cl predict`'s neighbours.
     labeled = indices(table, "labeled")
     embeddings, _ = embed_and_predict(objective.model, data, labeled, pick_device())
@@ -138,11 +148,7 @@ def _train_stage(stage: str, params: Params, objective: Objective, steps: int, c
     }
     save_checkpoint(layout.model_path(stage), checkpoint)
     resume.finish()
-    final = checkpoint["final"]
-    return (
-        f"{params.method}: {steps} steps, loss {final['loss']:.3f}, "
-        f"val acc {final.get('val_acc', float('nan')):.3f} -> {layout.model_path(stage)}"
-    )
+    return summary
 
 
 def _previous(stage: str, params: Params) -> dict:

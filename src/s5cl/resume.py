@@ -7,7 +7,8 @@ the stage resumes from it only when the fingerprint matches; otherwise it refuse
 first difference, so two runs are never silently mixed. The finished stage deletes it.
 
 The fingerprint is the params the stage depends on (the same sections dvc.yaml lists for it)
-plus the md5 of its input files, so a changed split or warm-up model is caught too.
+plus the md5 of its input files, so a changed split or warm-up model is caught too, and the
+number of processes (torchrun): each has its own augmentation RNG, all saved by rank 0.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from s5cl import distributed
 from s5cl.datasets.fetch import md5_file
 from s5cl.errors import UserError
 from s5cl.io import load_checkpoint, save_checkpoint
@@ -55,8 +57,8 @@ def restore_rng_states(states: dict[str, Any], generator: torch.Generator) -> No
 
 
 def fingerprint(stage: str, params: Params, inputs: list[Path]) -> dict[str, Any]:
-    """What must be equal for a checkpoint to continue this run: params (dotted keys) and
-    the md5 of each input file."""
+    """What must be equal for a checkpoint to continue this run: params (dotted keys), the md5
+    of each input file, and the number of processes."""
     dumped = params.model_dump(mode="json")
     flat: dict[str, Any] = {}
     for section in STAGE_PARAMS[stage]:
@@ -65,12 +67,16 @@ def fingerprint(stage: str, params: Params, inputs: list[Path]) -> dict[str, Any
             flat |= {f"{section}.{key}": item for key, item in value.items()}
         else:
             flat[section] = value
-    return {"params": flat, "inputs": {str(path): md5_file(path) for path in inputs}}
+    return {
+        "params": flat,
+        "inputs": {str(path): md5_file(path) for path in inputs},
+        "processes": distributed.world_size(),
+    }
 
 
 def first_difference(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
     """'warmup.lr=0.001, now 0.01' for the first param that differs, else the first input file
-    that changed, else None."""
+    that changed, else a different number of processes, else None."""
     for key in sorted(set(saved["params"]) | set(current["params"])):
         old, new = saved["params"].get(key), current["params"].get(key)
         if old != new:
@@ -78,6 +84,9 @@ def first_difference(saved: dict[str, Any], current: dict[str, Any]) -> str | No
     for path in sorted(set(saved["inputs"]) | set(current["inputs"])):
         if saved["inputs"].get(path) != current["inputs"].get(path):
             return f"input {path} has changed since"
+    before, now = saved.get("processes", 1), current.get("processes", 1)
+    if before != now:
+        return f"it was written by {before} processes, this run has {now}"
     return None
 
 

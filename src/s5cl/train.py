@@ -14,6 +14,9 @@ Every `checkpoint.every` steps the whole state goes to a resume checkpoint (resu
 that finds a compatible one continues from it and ends with the same bits as one never stopped.
 A non-finite loss stops the stage with its step number, before the update, keeping the last
 checkpoint.
+
+Under torchrun (distributed.py) each process runs this same loop on its shard of every global
+batch; rank 0 alone validates, logs and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from s5cl import distributed
 from s5cl.augment import pixel_kernels, training_views
 from s5cl.datasets.packed import PackedDataset
 from s5cl.datasets.streams import LabeledBatches, UnlabeledBatches
@@ -38,12 +42,15 @@ from s5cl.resume import Resume, restore_rng_states, rng_states
 STAGE_SEEDS = {"warmup": 1, "s5cl": 2, "retrain": 3}
 
 
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed every RNG a step touches (numpy's global one drives MPerClassSampler)."""
+def seed_everything(seed: int, rank: int = 0) -> torch.Generator:
+    """Seed every RNG a step touches (numpy's global one drives MPerClassSampler); return the
+    generator of the augmentations. Each torchrun process gets its own (rank 0 the
+    single-process one), so no two shards share the randomness of their views."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    return torch.Generator().manual_seed(seed)
+    own = seed if rank == 0 else int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+    return torch.Generator().manual_seed(own)
 
 
 def validation_accuracy(model: S5CLNet, data: PackedDataset, val: np.ndarray, device) -> float:
@@ -81,12 +88,15 @@ def train(
     device = pick_device()
     chunk = augment_chunk(device)
     kernels = pixel_kernels(params.compute.fuse_augment, device)
-    gen = seed_everything(params.seed * 100 + STAGE_SEEDS[stage])
+    gen = seed_everything(params.seed * 100 + STAGE_SEEDS[stage], distributed.rank())
     model = objective.model
     for network in (model, getattr(objective, "teacher", None)):  # MPL has a teacher too
         if network is not None:
             configure(network, params.compute, device)
+    objective.distribute()
     model.train()
+    section = "warmup" if stage == "warmup" else "s5cl"
+    distributed.check_divides(cfg.batch_labeled, f"{section}.batch_labeled")
     labeled_stream = LabeledBatches(
         labeled, data.labels[labeled], cfg.batch_labeled, cfg.m_per_class
     )
@@ -95,6 +105,8 @@ def train(
         if unlabeled is None or len(unlabeled) == 0:
             raise ValueError(f"{stage}: {params.method} needs unlabeled images; the split has none")
         unlabeled_stream = UnlabeledBatches(unlabeled, params.s5cl.batch_unlabeled, gen)
+        distributed.check_divides(unlabeled_stream.batch_size, "s5cl.batch_unlabeled")
+    main = distributed.is_main()
     history: list[dict[str, float]] = []
     val_acc = float("nan")
 
@@ -104,13 +116,14 @@ def train(
         labeled_stream.load_state_dict(saved["labeled_stream"])
         if unlabeled_stream is not None:
             unlabeled_stream.load_state_dict(saved["unlabeled_stream"])
-        restore_rng_states(saved["rng"], gen)
+        restore_rng_states(saved["rng"][distributed.rank()], gen)
         history = saved["history"]
         val_acc = next((h["val_acc"] for h in reversed(history) if "val_acc" in h), val_acc)
         if live is not None:  # dvclive started afresh: replay what was logged before
             for entry in history:
                 _log(live, entry)
-        print(f"{stage}: resuming from {resume.path} at step {saved['step']} of {steps}")
+        if main:
+            print(f"{stage}: resuming from {resume.path} at step {saved['step']} of {steps}")
     first = saved["step"] if saved is not None else 0
 
     bar = tqdm(
@@ -120,14 +133,15 @@ def train(
         initial=first,
         total=steps,
         dynamic_ncols=True,
+        disable=not main,
     )
     for step in bar:
-        idx_l = next(labeled_stream)
+        idx_l = distributed.shard(next(labeled_stream))  # the whole batch with one process
         batches = [data.batch(idx_l, device)]  # uint8 on the device
         y_l = torch.from_numpy(data.labels[idx_l]).to(device)
         pos_u = None
         if unlabeled_stream is not None:
-            idx_u, pos_u = next(unlabeled_stream)
+            idx_u, pos_u = map(distributed.shard, next(unlabeled_stream))
             batches.append(data.batch(idx_u, device))
         x = training_views(
             batches,
@@ -151,7 +165,8 @@ def train(
             ) from None
 
         parts["train_acc"] = float((logits.argmax(1) == y_l).float().mean())
-        if (step + 1) % cfg.eval_every == 0 or step + 1 == steps:
+        parts = distributed.mean(parts)  # each rank's covers its shard: log the global batch's
+        if main and ((step + 1) % cfg.eval_every == 0 or step + 1 == steps):
             val_acc = validation_accuracy(model, data, val, device)
             parts["val_acc"] = val_acc
         history.append({"step": step, **parts})
@@ -160,18 +175,20 @@ def train(
         bar.set_postfix(loss=f"{parts['loss']:.3f}", val_acc=f"{val_acc:.3f}")
 
         if resume is not None and resume.due(step + 1, steps):
-            resume.save(
-                {
-                    "step": step + 1,
-                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                    **objective.state_dict(),
-                    "labeled_stream": labeled_stream.state_dict(),
-                    "unlabeled_stream": unlabeled_stream and unlabeled_stream.state_dict(),
-                    "rng": rng_states(gen),
-                    "history": history,
-                    "params": params.model_dump(),
-                }
-            )
+            rng = distributed.gather_objects(rng_states(gen))  # every rank's, for an exact resume
+            if main:
+                resume.save(
+                    {
+                        "step": step + 1,
+                        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                        **objective.state_dict(),
+                        "labeled_stream": labeled_stream.state_dict(),
+                        "unlabeled_stream": unlabeled_stream and unlabeled_stream.state_dict(),
+                        "rng": rng,
+                        "history": history,
+                        "params": params.model_dump(),
+                    }
+                )
 
     return {
         "stage": stage,

@@ -6,9 +6,6 @@ DATASET = config["data"]["name"]
 RAW = f"data/raw/{DATASET}"
 PACKED = f"data/packed/{DATASET}"
 SPLIT = "data/splits/split.parquet"
-# Torch stages use every core, as under DVC: Snakemake would otherwise set OMP_NUM_THREADS=1, and
-# the thread count changes floating-point results (bitwise reproducibility is per thread count).
-TORCH_THREADS = min(workflow.cores, os.cpu_count() or 1)
 TRAIN_CODE = [
     "src/s5cl/pipeline.py",
     "src/s5cl/train.py",
@@ -17,6 +14,7 @@ TRAIN_CODE = [
     "src/s5cl/augment.py",
     "src/s5cl/models.py",
     "src/s5cl/device.py",
+    "src/s5cl/distributed.py",
     "src/s5cl/datasets/streams.py",
 ]
 
@@ -37,3 +35,30 @@ def stage_args(*sections):
         for key, value in flatten(section, config[section]):
             flags.append(f"--set {shlex.quote(f'{key}={json.dumps(value)}')}")
     return " ".join(flags)
+
+
+def threads_of(rule):
+    """The rule's `resources` cpus, but no more cores than this machine gives the process
+    (Snakemake also caps them at --cores). Snakemake sets OMP_NUM_THREADS to this, and torch
+    results depend on the thread count: torch rules default to 8 so that, like `dvc repro`,
+    they use every core here and both give the same bits."""
+    return min(PARAMS.resources.of(rule).cpus, len(os.sched_getaffinity(0)))
+
+
+def resources_of(rule):
+    """The rule's `resources` (params.yaml) as Snakemake resources, which the SLURM executor
+    turns into sbatch options: --cpus-per-task, --mem, -t, --gpus, one node."""
+    wanted = PARAMS.resources.of(rule)
+    return {
+        "cpus_per_task": wanted.cpus,
+        "mem_mb": wanted.mem_mb,
+        "runtime": wanted.runtime,
+        "gpu": wanted.gpus,
+        "nodes": 1,
+    }
+
+
+def launcher(rule):
+    """python, or torchrun with one process per GPU for a training rule given several."""
+    gpus = PARAMS.resources.of(rule).gpus
+    return "python" if gpus <= 1 else f"torchrun --standalone --nproc-per-node {gpus}"

@@ -9,6 +9,9 @@ rule download:
         directory(RAW),
     params:
         sets=stage_args("data"),
+    threads: threads_of("download")
+    resources:
+        **resources_of("download"),
     log:
         "logs/download.log",
     conda:
@@ -27,6 +30,9 @@ rule prepare:
         directory(PACKED),
     params:
         sets=stage_args("data"),
+    threads: threads_of("prepare")
+    resources:
+        **resources_of("prepare"),
     log:
         "logs/prepare.log",
     conda:
@@ -44,6 +50,9 @@ rule split:
         SPLIT,
     params:
         sets=stage_args("seed", "data", "split"),
+    threads: threads_of("split")
+    resources:
+        **resources_of("split"),
     log:
         "logs/split.log",
     conda:

@@ -15,7 +15,9 @@ rule evaluate:
         plots=directory("plots"),
     params:
         sets=stage_args("data", "compute", "evaluate"),
-    threads: TORCH_THREADS
+    threads: threads_of("evaluate")
+    resources:
+        **resources_of("evaluate"),
     log:
         "logs/evaluate.log",
     conda:
@@ -39,7 +41,9 @@ rule report:
         "report/index.html",
     params:
         sets=stage_args("seed", "data", "compute", "pseudolabel", "evaluate"),
-    threads: TORCH_THREADS
+    threads: threads_of("report")
+    resources:
+        **resources_of("report"),
     log:
         "logs/report.log",
     conda:

@@ -34,9 +34,11 @@ rule sweep_run:
         f"{SWEEP_DIR}/run.json",
         f"{SWEEP_DIR}/metrics/evaluate.json",
     params:
-        sets=stage_args(*[section for section in config if section != "sweep"]),
+        sets=stage_args(*[s for s in config if s not in ("sweep", "resources")]),
         out=lambda wildcards, output: os.path.dirname(output[0]),
-    threads: SWEEP["threads"]
+    threads: threads_of("sweep_run")
+    resources:
+        **resources_of("sweep_run"),
     log:
         "logs/sweep/{method}/{budget}/{seed}.log",
     conda:
@@ -59,6 +61,9 @@ rule sweep_aggregate:
             f"--set {shlex.quote(f'sweep.{key}={json.dumps(value)}')}"
             for key, value in SWEEP.items()
         ),
+    threads: threads_of("sweep_aggregate")
+    resources:
+        **resources_of("sweep_aggregate"),
     log:
         "logs/sweep/aggregate.log",
     conda:

@@ -9,13 +9,16 @@ rule warmup:
         metrics="metrics/warmup/metrics.json",
     params:
         sets=stage_args("seed", "method", "data", "model", "augment", "compute", "warmup"),
-    threads: TORCH_THREADS
+        launch=launcher("warmup"),
+    threads: threads_of("warmup")
+    resources:
+        **resources_of("warmup"),
     log:
         "logs/warmup.log",
     conda:
         "../envs/s5cl.yaml"
     shell:
-        "python stages/warmup.py {params.sets} 2>&1 | tee {log}"
+        "{params.launch} stages/warmup.py {params.sets} 2>&1 | tee {log}"
 
 
 rule s5cl:
@@ -30,13 +33,16 @@ rule s5cl:
         metrics="metrics/s5cl/metrics.json",
     params:
         sets=stage_args("seed", "method", "data", "augment", "compute", "s5cl", "fixmatch"),
-    threads: TORCH_THREADS
+        launch=launcher("s5cl"),
+    threads: threads_of("s5cl")
+    resources:
+        **resources_of("s5cl"),
     log:
         "logs/s5cl.log",
     conda:
         "../envs/s5cl.yaml"
     shell:
-        "python stages/s5cl.py {params.sets} 2>&1 | tee {log}"
+        "{params.launch} stages/s5cl.py {params.sets} 2>&1 | tee {log}"
 
 
 rule pseudolabel:
@@ -53,7 +59,9 @@ rule pseudolabel:
         metrics="metrics/pseudolabel.json",
     params:
         sets=stage_args("data", "compute", "pseudolabel"),
-    threads: TORCH_THREADS
+    threads: threads_of("pseudolabel")
+    resources:
+        **resources_of("pseudolabel"),
     log:
         "logs/pseudolabel.log",
     conda:
@@ -75,10 +83,13 @@ rule retrain:
         metrics="metrics/retrain/metrics.json",
     params:
         sets=stage_args("seed", "method", "data", "augment", "compute", "s5cl", "fixmatch", "retrain"),
-    threads: TORCH_THREADS
+        launch=launcher("retrain"),
+    threads: threads_of("retrain")
+    resources:
+        **resources_of("retrain"),
     log:
         "logs/retrain.log",
     conda:
         "../envs/s5cl.yaml"
     shell:
-        "python stages/retrain.py {params.sets} 2>&1 | tee {log}"
+        "{params.launch} stages/retrain.py {params.sets} 2>&1 | tee {log}"

@@ -3,6 +3,9 @@
 Both are iterators with `state_dict()` / `load_state_dict()`: a resume checkpoint stores the
 epoch being drawn and the position in it, so a resumed run draws exactly the batches the
 uninterrupted run would have drawn (the RNGs that draw the next epoch are saved beside them).
+
+Both yield global batches: under torchrun every rank gets rank 0's epoch order, and the
+training loop keeps its rank's shard of each batch (s5cl.distributed).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import numpy as np
 import torch
 from pytorch_metric_learning.samplers import MPerClassSampler
 
+from s5cl import distributed
 from s5cl.errors import UserError
 
 
@@ -46,7 +50,8 @@ class LabeledBatches:
 
     def __next__(self) -> np.ndarray:
         if self.position + self.batch_size > len(self.order):
-            self.order = np.fromiter(iter(self.sampler), dtype=np.int64)
+            order = np.fromiter(iter(self.sampler), dtype=np.int64)
+            self.order = distributed.same_on_every_rank(order)
             self.position = 0
         batch = self.order[self.position : self.position + self.batch_size]
         self.position += self.batch_size
@@ -85,7 +90,8 @@ class UnlabeledBatches:
 
     def __next__(self) -> tuple[np.ndarray, np.ndarray]:
         if self.position + self.batch_size > len(self.order):
-            self.order = torch.randperm(len(self.indices), generator=self.generator).numpy()
+            order = torch.randperm(len(self.indices), generator=self.generator).numpy()
+            self.order = distributed.same_on_every_rank(order)
             self.position = 0
         positions = self.order[self.position : self.position + self.batch_size]
         self.position += self.batch_size
