@@ -33,10 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from s5cl.device import pick_device
 from s5cl.errors import UserError
-
-# Stages that can run as several processes: the training loop (train.py). The others read or
-# write whole files and must run once.
-STAGES = ("warmup", "s5cl", "retrain")
+from s5cl.params import MULTI_PROCESS_STAGES
 
 
 def launched_processes() -> int:
@@ -68,10 +65,10 @@ def processes(stage: str) -> Iterator[None]:
     if launched_processes() == 1:
         yield
         return
-    if stage not in STAGES:
+    if stage not in MULTI_PROCESS_STAGES:  # the others read or write whole files
         raise UserError(
             f"stages/{stage}.py runs as one process; start it with python, not torchrun "
-            f"(torchrun is for {', '.join(STAGES)})"
+            f"(torchrun is for {', '.join(MULTI_PROCESS_STAGES)})"
         )
     device = pick_device()
     if device.type == "cuda":
@@ -172,9 +169,7 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
         x = x.to(torch.promote_types(x.dtype, torch.float32))  # as BatchNorm under autocast
         dims = (0, 2, 3)
         world = dist.group.WORLD
-        count = collectives.all_reduce(
-            torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype), "sum", world
-        )
+        count = x.numel() // x.shape[1] * world_size()  # shards are equal (check_divides)
         mean = collectives.all_reduce(x.sum(dims), "sum", world) / count
         centred = x - mean[None, :, None, None]
         var = collectives.all_reduce(centred.square().sum(dims), "sum", world) / count
@@ -184,7 +179,7 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
                 momentum = (
                     1 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
                 )
-                unbiased = var * count / (count - 1).clamp(min=1)
+                unbiased = var * count / max(count - 1, 1)
                 self.running_mean.lerp_(mean, momentum)
                 self.running_var.lerp_(unbiased, momentum)
         y = centred * torch.rsqrt(var + self.eps)[None, :, None, None]
@@ -226,12 +221,3 @@ def data_parallel(model: nn.Module) -> nn.Module:
     model = global_batch_norm(model)
     device_ids = [torch.cuda.current_device()] if next(model.parameters()).is_cuda else None
     return DistributedDataParallel(model, device_ids=device_ids)
-
-
-def mean_value(value: torch.Tensor) -> float:
-    """A scalar's mean over ranks (e.g. a loss over each rank's shard: the global mean)."""
-    if not active():
-        return float(value)
-    total = value.detach().reshape(1).to(torch.float64).clone()
-    dist.all_reduce(total)
-    return float(total / world_size())

@@ -273,7 +273,7 @@ class MPLObjective:
         _step(self.optimizer, s_loss, "the MPL student's loss", step)
         with torch.no_grad():
             s_loss_l_after = F.cross_entropy(self.net(x_l), y_l)
-        h = distributed.mean_value(s_loss_l_before - s_loss_l_after)  # the global batch's
+        h = distributed.mean({"h": (s_loss_l_before - s_loss_l_after).item()})["h"]  # global
 
         t_loss = mpl_teacher_loss(t_logits_l, y_l, t_logits_u_strong, pseudo, h)
         _step(self.teacher_optimizer, t_loss, "the MPL teacher's loss", step)

@@ -264,7 +264,9 @@ RuleName = Literal[
     "sweep_run",
     "sweep_aggregate",
 ]
-MULTI_GPU_RULES = ("warmup", "s5cl", "retrain")  # the training loop; see s5cl.distributed
+# The stages (and Snakemake rules) of the training loop: the ones torchrun can run as several
+# processes (s5cl.distributed), so the ones a cluster may give several GPUs.
+MULTI_PROCESS_STAGES = ("warmup", "s5cl", "retrain")
 INFERENCE_RULES = ("pseudolabel", "evaluate", "report")
 
 
@@ -308,9 +310,9 @@ class ResourcesParams(Section):
             raise ValueError(f"resources.default must set {', '.join(missing)}")
         for rule in self.rules:
             gpus = self.of(rule).gpus
-            if gpus > 1 and rule not in MULTI_GPU_RULES:
+            if gpus > 1 and rule not in MULTI_PROCESS_STAGES:
                 raise ValueError(
-                    f"resources.rules.{rule}.gpus={gpus}: only {', '.join(MULTI_GPU_RULES)} "
+                    f"resources.rules.{rule}.gpus={gpus}: only {', '.join(MULTI_PROCESS_STAGES)} "
                     "run on several GPUs (torchrun); give it 1"
                 )
         return self
