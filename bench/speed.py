@@ -50,6 +50,7 @@ from pytorch_metric_learning.losses import SupConLoss
 from pytorch_metric_learning.samplers import MPerClassSampler
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
+from s5cl import stages
 from s5cl.datasets.packed import PackedDataset
 from s5cl.datasets.prepare import INDEX, decode_file, prepare
 from s5cl.datasets.registry import download
@@ -57,12 +58,13 @@ from s5cl.device import pick_device
 from s5cl.methods import UnlabeledTargets, make_objective
 from s5cl.models import S5CLNet
 from s5cl.params import DataParams, validate
-from s5cl.train import train
+from s5cl.resume import Resume
+from s5cl.train import NoLog, train
 
 ROOT = Path(__file__).resolve().parents[1]
 PBC = ROOT.parent / "shared" / "data" / "pbc-240"
 SIZE = 224
-REFERENCE_STEPS = 3906  # 5 epochs of NCT-CRC-HE-100K at 128 unlabeled images a step (DESIGN.md)
+REFERENCE_STEPS = 3906  # 5 epochs of NCT-CRC-HE-100K at 128 unlabeled images a step (docs/speed.md)
 
 
 # ---------------------------------------------------------------- the reference design
@@ -209,30 +211,33 @@ def our_views(data: PackedDataset, batch: int, device, gen: torch.Generator) -> 
 
 
 def our_training(data: PackedDataset, model: S5CLNet, batch_l: int, batch_u: int) -> Callable:
-    """`run(steps)`: s5cl.train's loop, S5CL phase (labeled + unlabeled instance targets)."""
-    params = validate(
-        {
-            "augment": {"flip_rotate": True},
-            "s5cl": {"batch_labeled": batch_l, "m_per_class": 4 if batch_l >= 32 else 1,
-                     "batch_unlabeled": batch_u, "eval_every": 10**6},
-        }
-    )  # fmt: skip
+    """`run(steps)`: s5cl.train's loop, S5CL phase (labeled + unlabeled instance targets), with
+    every image both labeled and unlabeled."""
+    stage = stages.get("s5cl")
+
+    def params_for(steps: int):
+        return validate(
+            {
+                "augment": {"flip_rotate": True},
+                "s5cl": {"batch_labeled": batch_l, "m_per_class": 4 if batch_l >= 32 else 1,
+                         "batch_unlabeled": batch_u, "eval_every": 10**6, "steps": steps},
+                "checkpoint": {"every": 0},
+            }
+        )  # fmt: skip
+
     targets = UnlabeledTargets("instance", 0.7, 1.0, 0.7, 1.0)
-    objective = make_objective("s5cl", model, params, data.num_classes, targets)
+    objective = make_objective(stage.phase, model, params_for(1), data.num_classes, targets)
     everything = np.arange(len(data.labels))
+    split = pd.DataFrame(
+        {
+            "index": np.concatenate([everything, everything]),
+            "role": ["labeled"] * len(everything) + ["unlabeled"] * len(everything),
+        }
+    )
 
     def run(steps: int) -> None:
-        train(
-            "s5cl",
-            objective,
-            params,
-            params.s5cl,
-            steps,
-            data,
-            everything,
-            everything[:0],
-            everything,
-        )
+        no_resume = Resume(Path(os.devnull) / "none.pt", 0, {})  # none to load, none written
+        train(stage, objective, params_for(steps), data, split, NoLog(), no_resume)
 
     return run
 

@@ -1,6 +1,9 @@
-"""Stage `evaluate` (see s5cl.pipeline.evaluate).
+"""Stage `evaluate`: test-set scores, confusion matrices and retrieval of all three models.
 
 Usage: python stages/evaluate.py [--params params.yaml] [--set section.key=value ...]
+
+GENERATED from src/s5cl/stages.py by `python -m s5cl.stages write`.
+The work: s5cl.pipeline.evaluate:evaluate.
 """
 
 import sys
@@ -10,7 +13,6 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from s5cl.cli import run_stage  # noqa: E402
-from s5cl.pipeline import evaluate  # noqa: E402
 
 if __name__ == "__main__":
-    run_stage("evaluate", evaluate)
+    run_stage("evaluate")

@@ -1,6 +1,9 @@
-"""Stage `prepare` (see s5cl.pipeline.prepare).
+"""Stage `prepare`: decode every image once into a uint8 memmap, with its index and statistics.
 
 Usage: python stages/prepare.py [--params params.yaml] [--set section.key=value ...]
+
+GENERATED from src/s5cl/stages.py by `python -m s5cl.stages write`.
+The work: s5cl.pipeline.prepare:prepare.
 """
 
 import sys
@@ -10,7 +13,6 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from s5cl.cli import run_stage  # noqa: E402
-from s5cl.pipeline import prepare  # noqa: E402
 
 if __name__ == "__main__":
-    run_stage("prepare", prepare)
+    run_stage("prepare")

@@ -1,6 +1,9 @@
-"""Stage `retrain` (see s5cl.pipeline.retrain).
+"""Stage `retrain`: S5CL again with the kept pseudo-labels as unlabeled targets (tau_p).
 
 Usage: python stages/retrain.py [--params params.yaml] [--set section.key=value ...]
+
+GENERATED from src/s5cl/stages.py by `python -m s5cl.stages write`.
+The work: s5cl.pipeline.training:retrain.
 """
 
 import sys
@@ -10,7 +13,6 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from s5cl.cli import run_stage  # noqa: E402
-from s5cl.pipeline import retrain  # noqa: E402
 
 if __name__ == "__main__":
-    run_stage("retrain", retrain)
+    run_stage("retrain")

@@ -1,6 +1,9 @@
-"""Stage `s5cl` (see s5cl.pipeline.s5cl).
+"""Stage `s5cl`: + self-supervised SupCon(tau_u) on the unlabeled images (instance ids).
 
 Usage: python stages/s5cl.py [--params params.yaml] [--set section.key=value ...]
+
+GENERATED from src/s5cl/stages.py by `python -m s5cl.stages write`.
+The work: s5cl.pipeline.training:s5cl.
 """
 
 import sys
@@ -10,7 +13,6 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from s5cl.cli import run_stage  # noqa: E402
-from s5cl.pipeline import s5cl  # noqa: E402
 
 if __name__ == "__main__":
-    run_stage("s5cl", s5cl)
+    run_stage("s5cl")

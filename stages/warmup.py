@@ -1,6 +1,9 @@
-"""Stage `warmup` (see s5cl.pipeline.warmup).
+"""Stage `warmup`: supervised model: SupCon(tau_l) + CE on the labeled images only.
 
 Usage: python stages/warmup.py [--params params.yaml] [--set section.key=value ...]
+
+GENERATED from src/s5cl/stages.py by `python -m s5cl.stages write`.
+The work: s5cl.pipeline.training:warmup.
 """
 
 import sys
@@ -10,7 +13,6 @@ from pathlib import Path
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 from s5cl.cli import run_stage  # noqa: E402
-from s5cl.pipeline import warmup  # noqa: E402
 
 if __name__ == "__main__":
-    run_stage("warmup", warmup)
+    run_stage("warmup")

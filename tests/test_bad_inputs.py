@@ -16,7 +16,6 @@ import pytest
 import yaml
 from PIL import Image
 
-from s5cl import pipeline
 from s5cl.cli import run_stage
 
 from .conftest import PBC, ROOT, needs_shared
@@ -45,7 +44,7 @@ def stage(name: str, capsys, *sets: str) -> Ran:
     old_argv, old_showwarning = sys.argv, warnings.showwarning
     sys.argv = [f"stages/{name}.py"] + [arg for item in sets for arg in ("--set", item)]
     try:
-        run_stage(name, getattr(pipeline, name))
+        run_stage(name)
     except SystemExit as exit_:
         code = int(exit_.code)
     finally:

@@ -3,6 +3,7 @@
 import numpy as np
 import torch
 
+from s5cl import stages
 from s5cl.augment import normalize, to_float
 from s5cl.datasets.packed import PackedDataset
 from s5cl.device import autocast_dtype, configure
@@ -33,7 +34,7 @@ def test_bf16_runs_the_convolutions_in_bf16_and_still_learns():
     assert seen == [torch.bfloat16]
 
     params = validate({"method": "supcon", "compute": {"precision": "bf16"}})
-    objective = make_objective("s5cl", model.train(), params, 10)
+    objective = make_objective(stages.get("s5cl").phase, model.train(), params, 10)
     x_l = x[: 2 * len(y_l)]  # bf16 is emulated on this CPU: labeled views only, to stay quick
     losses = [objective.update(x_l, y_l, None, step)[0]["loss"] for step in range(6)]
     assert losses[-1] < losses[0], losses

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from s5cl import distributed, pipeline
+from s5cl import distributed, stages
 from s5cl.methods import UnlabeledTargets, make_objective
 from s5cl.models import S5CLNet
 from s5cl.params import load_params, validate
@@ -47,7 +47,7 @@ def one_step(method: str, dtype: torch.dtype) -> dict:
     torch.manual_seed(0)
     model = S5CLNet(num_classes=10).to(dtype).train()
     targets = UnlabeledTargets("instance", 0.7, 1.0, 0.7, 1.0)
-    objective = make_objective("s5cl", model, params, 10, targets)
+    objective = make_objective(stages.get("s5cl").phase, model, params, 10, targets)
     objective.distribute()
     x_rank = _shard_views(x, objective.uses_unlabeled)
     y_rank = y_l[distributed.shard(np.arange(N_LABELED))]
@@ -158,9 +158,9 @@ def warmed_up(tmp_path_factory) -> Path:
     try:
         params = load_params("params.yaml")
         for stage in ("download", "prepare", "split", "warmup"):
-            getattr(pipeline, stage)(params)
+            stages.function(stage)(params)
         shutil.copy("models/warmup.pt", "models/warmup-s5cl.pt")
-        pipeline.warmup(load_params("params.yaml", ["method=mpl"]))
+        stages.function("warmup")(load_params("params.yaml", ["method=mpl"]))
         shutil.move("models/warmup.pt", "models/warmup-mpl.pt")
     finally:
         os.chdir(previous)

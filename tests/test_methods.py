@@ -17,9 +17,12 @@ from s5cl.methods import (
 )
 from s5cl.models import S5CLNet
 from s5cl.params import validate
+from s5cl.stages import STAGES
 from s5cl.train import seed_everything
 
 from .conftest import digit_views
+
+PHASES = {s.name: s.phase for s in STAGES if s.phase}
 
 
 @pytest.mark.parametrize("method", ["ce", "supcon", "s5cl", "fixmatch", "mpl"])
@@ -28,7 +31,7 @@ def test_a_few_steps_lower_each_methods_loss_on_a_fixed_batch(method):
     x, y_l = digit_views()
     params = validate({"method": method, "fixmatch": {"threshold": 0.0}})
     targets = UnlabeledTargets("instance", 0.7, 1.0, 0.7, 1.0)
-    objective = make_objective("s5cl", S5CLNet(num_classes=10).train(), params, 10, targets)
+    objective = make_objective(PHASES["s5cl"], S5CLNet(num_classes=10).train(), params, 10, targets)
     if not objective.uses_unlabeled:
         x = x[: 2 * len(y_l)]
     positions = np.arange(16)
@@ -49,7 +52,7 @@ def test_each_method_and_phase_gets_the_objective_of_the_table():
         ("mpl", "retrain", MPLObjective, None, True),
     ]:
         params = validate({"method": method})
-        objective = make_objective(phase, model, params, 3, targets)
+        objective = make_objective(PHASES[phase], model, params, 3, targets)
         assert isinstance(objective, kind), (method, phase)
         assert objective.uses_unlabeled == unlabeled, (method, phase)
         if w_l is not None:

@@ -1,4 +1,3 @@
-import json
 from pathlib import Path
 
 import pytest
@@ -50,13 +49,6 @@ def test_bad_params_fail_with_one_line_naming_the_key(override, expected):
 def test_inverted_hierarchy_warns():
     with pytest.warns(UserWarning, match="hierarchy is inverted"):
         load_params(ROOT / "params.yaml", ["s5cl.tau_l=0.8"])
-
-
-def test_snakemake_schema_is_generated_from_the_params_models():
-    committed = json.loads((ROOT / "workflow/schemas/params.schema.json").read_text())
-    assert committed == json.loads(json.dumps(json_schema())), (
-        "regenerate: python -m s5cl.params > workflow/schemas/params.schema.json"
-    )
 
 
 def test_params_yaml_sections_match_the_models():

@@ -11,6 +11,8 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from s5cl import stages
+
 from .conftest import PBC, SHARED, TINY, needs_shared, run, write_params
 
 STAGES = ["download", "prepare", "split", "warmup", "s5cl", "pseudolabel", "retrain"]
@@ -69,6 +71,7 @@ def test_dvc_repro_runs_caches_and_reruns_only_what_changed(project):
 
     metrics = run(["dvc", "metrics", "show", "--json"], project)
     assert "evaluate.json" in metrics.stdout
+    _check_every_module_edit_is_seen(project)
 
     # A stage that fails (here: its loss turns NaN) loses nothing the earlier stages made.
     earlier = ["data/packed/digits/images.u8", "data/splits/split.parquet", "models/warmup.pt"]
@@ -84,18 +87,75 @@ def test_dvc_repro_runs_caches_and_reruns_only_what_changed(project):
     assert (project / "checkpoints/s5cl.pt").exists()  # the last good s5cl state
 
 
-def test_snakemake_runs_the_same_scripts_and_then_has_nothing_to_do(project):
-    write_params(project, TINY)
+def _check_every_module_edit_is_seen(project: Path) -> None:
+    """Append a line to every module of the package and every stage script: `dvc status`
+    must flag, for each stage, exactly the files its code imports (directly or not, lazy
+    imports included), and at least every module a fresh interpreter loads to run it."""
+    edited = sorted(project.glob("src/s5cl/**/*.py")) + sorted(project.glob("stages/*.py"))
+    for path in edited:
+        path.write_text(path.read_text() + "# edited\n")
+    status = json.loads(run(["dvc", "status", "--json"], project).stdout)
+    run(["git", "checkout", "-q", "--", "src", "stages"], project)
+    assert json.loads(run(["dvc", "status", "--json"], project).stdout) == {}
+    for stage in stages.STAGES:
+        flagged = {
+            path
+            for entry in status.get(stage.name, [])
+            if isinstance(entry, dict)
+            for path in entry.get("changed deps", {})
+        }
+        assert flagged == set(stages.code_deps(stage)), stage.name
+        assert stage.script in flagged and f"src/{stage.module.replace('.', '/')}.py" in flagged
+
+
+def _dry_run(project: Path, *args: str) -> list[str]:
+    """The rules `snakemake` would run with these arguments, in order."""
+    out = run(["snakemake", "-n", "--cores", "2", *args], project).stdout
+    return [rule for rule in re.findall(r"^(?:local)?rule (\w+):", out, re.M) if rule != "all"]
+
+
+def test_snakemake_passes_every_override_to_every_stage(project):
+    """Snakemake runs the stage scripts on the whole resolved config: a value set with
+    --config or --configfile reaches every stage that reads it, and what the models and the
+    report record is what ran. The same values through `dvc exp run -S` give the same bits."""
+    write_params(project, TINY | {"checkpoint.every": 1})
+    (project / "overlay.yaml").write_text("s5cl: {tau_u: 0.5}\nevaluate: {knn_k: 3}\n")
+    overrides = ["--configfile", "overlay.yaml", "--config", "method=ce", "checkpoint={every: 0}"]
     assert "good condition" in run(["snakemake", "--lint"], project).stderr
-    run(["snakemake", "--cores", "2"], project)
+    run(["snakemake", "--cores", "2", *overrides], project)
     _check_outputs(project)
-    assert (project / "logs/s5cl.log").read_text().count("s5cl: 3 steps") == 1
-    again = run(["snakemake", "--cores", "2"], project)
+    assert (project / "logs/s5cl.log").read_text().count("ce: 3 steps") == 1
+    page = (project / "report/index.html").read_text()
+    assert "S5CL pipeline: ce on digits" in page
+    for name in ("warmup", "s5cl", "final"):
+        recorded = torch.load(project / f"models/{name}.pt", weights_only=False)["params"]
+        assert recorded["method"] == "ce" and recorded["s5cl"]["tau_u"] == 0.5
+        assert recorded["checkpoint"]["every"] == 0
+    again = run(["snakemake", "--cores", "2", *overrides], project)
     assert "Nothing to be done" in again.stdout + again.stderr
+    # A changed value reruns exactly the stages that read it.
+    assert set(_dry_run(project, *overrides, "evaluate={knn_k: 4}")) == {"evaluate", "report"}
+    rerun = set(_dry_run(project, *overrides, "pseudolabel={threshold: 0.5}"))
+    assert rerun == {"pseudolabel", "retrain", "evaluate", "report"}
+    assert _dry_run(project, *overrides[:-1], "checkpoint={every: 7}") == []
 
     by_snakemake = (project / "metrics/evaluate.json").read_bytes()
-    run(["dvc", "repro", "--force"], project)  # the same scripts and params under DVC
+    sets = ["-S", "method=ce", "-S", "s5cl.tau_u=0.5", "-S", "evaluate.knn_k=3"]
+    ran = run(["dvc", "exp", "run", *sets], project)  # checkpoint.every stays 1 here
+    assert _ran(ran.stdout) == STAGES
     assert (project / "metrics/evaluate.json").read_bytes() == by_snakemake
+
+    # checkpoint.every: 0 reaches the training stage: a failed run leaves no checkpoint.
+    failed = run(
+        ["snakemake", "--cores", "2", "--forcerun", "warmup", "--until", "warmup", *overrides,
+         "warmup={lr: 1e20}"], project, check=False,
+    )  # fmt: skip
+    assert failed.returncode != 0
+    log = (project / "logs/warmup.log").read_text()
+    assert (
+        "error: the loss is nan at step 1" in log and "no checkpoints (checkpoint.every: 0)" in log
+    )
+    assert not (project / "checkpoints/warmup.pt").exists()
 
 
 @needs_shared()

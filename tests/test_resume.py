@@ -13,16 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 
-from s5cl import layout, pipeline
+from s5cl import layout, stages
 from s5cl.datasets.streams import LabeledBatches, UnlabeledBatches
 from s5cl.methods import METHODS
 from s5cl.params import load_params
-from s5cl.resume import STAGE_PARAMS, Resume, restore_rng_states, rng_states
+from s5cl.resume import Resume, restore_rng_states, rng_states
 from s5cl.train import seed_everything
 
-from .conftest import ROOT, TINY, VENV_BIN, run, write_params
+from .conftest import TINY, VENV_BIN, run, write_params
 
 RESUMABLE = {
     **TINY,
@@ -45,7 +44,7 @@ def _in_process(project: Path, monkeypatch, *names: str, sets: tuple[str, ...] =
     monkeypatch.chdir(project)
     params = load_params(project / "params.yaml", list(sets))
     for name in names:
-        getattr(pipeline, name)(params)
+        stages.function(name)(params)
 
 
 def _results(project: Path, stage: str) -> dict[str, bytes]:
@@ -158,12 +157,6 @@ def test_nan_stops_with_its_step_and_a_checkpoint_from_other_params_is_refused(
         "data/splits/split.parquet has changed since; restore that or delete it to start the "
         "stage over (rm checkpoints/warmup.pt)"
     )
-
-
-def test_checkpoint_fingerprints_use_the_params_dvc_reruns_a_stage_for():
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    for stage, sections in STAGE_PARAMS.items():
-        assert tuple(stages[stage]["params"]) == sections
 
 
 def test_batch_streams_resume_mid_epoch_and_across_epoch_boundaries(digits_labels):

@@ -33,7 +33,6 @@ from torch.nn.parallel import DistributedDataParallel
 
 from s5cl.device import pick_device
 from s5cl.errors import UserError
-from s5cl.params import MULTI_PROCESS_STAGES
 
 
 def launched_processes() -> int:
@@ -59,17 +58,12 @@ def is_main() -> bool:
 
 
 @contextlib.contextmanager
-def processes(stage: str) -> Iterator[None]:
-    """The process group of a stage started by torchrun (nothing without torchrun): NCCL on
-    GPUs, one per process (device.pick_device), else gloo on the CPU."""
+def processes() -> Iterator[None]:
+    """The process group of a training stage started by torchrun (nothing without torchrun):
+    NCCL on GPUs, one per process (device.pick_device), else gloo on the CPU."""
     if launched_processes() == 1:
         yield
         return
-    if stage not in MULTI_PROCESS_STAGES:  # the others read or write whole files
-        raise UserError(
-            f"stages/{stage}.py runs as one process; start it with python, not torchrun "
-            f"(torchrun is for {', '.join(MULTI_PROCESS_STAGES)})"
-        )
     device = pick_device()
     if device.type == "cuda":
         torch.cuda.set_device(device)

@@ -32,6 +32,7 @@ from s5cl import distributed
 from s5cl.losses import S5CLLoss
 from s5cl.models import S5CLNet
 from s5cl.params import Params, SupervisedParams
+from s5cl.stages import Phase
 
 METHODS = ("ce", "supcon", "s5cl", "fixmatch", "mpl")
 
@@ -118,6 +119,10 @@ class _OneOptimizer:
     model: S5CLNet
     net: torch.nn.Module
     optimizer: torch.optim.Optimizer
+
+    def networks(self) -> list[S5CLNet]:
+        """The networks it trains: the device runs them as params.compute says."""
+        return [self.model]
 
     def distribute(self) -> None:
         """Under torchrun: DDP and global BatchNorm around the model (no-op alone)."""
@@ -248,6 +253,9 @@ class MPLObjective:
         self.teacher_optimizer = _optimizer(teacher, cfg)
         self.net, self.teacher_net = student, teacher  # what the steps call
 
+    def networks(self) -> list[S5CLNet]:
+        return [self.model, self.teacher]
+
     def distribute(self) -> None:
         """Under torchrun: DDP and global BatchNorm around student and teacher."""
         self.net = distributed.data_parallel(self.model)
@@ -304,21 +312,22 @@ Objective = ContrastiveObjective | FixMatchObjective | MPLObjective
 
 
 def make_objective(
-    phase: str,
+    phase: Phase,
     model: S5CLNet,
     params: Params,
     num_classes: int,
     targets: UnlabeledTargets | None = None,
     teacher_state: dict[str, torch.Tensor] | None = None,
 ) -> Objective:
-    """The objective of `params.method` in `phase` (warmup | s5cl | retrain); see the table at
-    the top. `targets` are S5CL's unlabeled targets; `teacher_state` continues an MPL teacher
-    (None: the teacher starts as a copy of the model)."""
-    method = params.method
-    cfg = params.warmup if phase == "warmup" else params.s5cl
-    if method == "supcon" or (method == "s5cl" and phase == "warmup"):
+    """The objective of `params.method` in `phase` (the stage table's; a phase without
+    unlabeled targets is a warm-up): see the table at the top. `targets` are S5CL's unlabeled
+    targets; `teacher_state` continues an MPL teacher (None: it starts as a copy of the
+    model)."""
+    method, warmup = params.method, phase.unlabeled == "none"
+    cfg = phase.config(params)
+    if method == "supcon" or (method == "s5cl" and warmup):
         return ContrastiveObjective(model, cfg, cfg.w_l, num_classes)
-    if method == "ce" or phase == "warmup":
+    if method == "ce" or warmup:
         return ContrastiveObjective(model, cfg, 0.0, num_classes)
     if method == "s5cl":
         return ContrastiveObjective(model, cfg, cfg.w_l, num_classes, targets)

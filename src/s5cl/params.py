@@ -1,15 +1,22 @@
 """`params.yaml`: one section per stage, validated on load.
 
-The pydantic models below are the single source of truth for every parameter: DVC reads
-`params.yaml` for caching, the stage scripts validate it here, and the Snakemake config schema
-(`workflow/schemas/params.schema.json`) is generated from these models (`python -m s5cl.params`).
-Unknown keys and out-of-range values fail with one line naming the key and the value.
+The pydantic models below are the single source of truth for every parameter: its type,
+range, default and description. DVC reads `params.yaml` for caching, the stage scripts validate
+it here, and both the Snakemake config schema (`workflow/schemas/params.schema.json`) and the
+params reference (`docs/params.md`) are generated from these models
+(`python -m s5cl.stages write`). Unknown keys and out-of-range values fail with one line naming
+the key and the value.
 """
 
 from __future__ import annotations
 
+import hashlib
+import inspect
 import json
+import os
 import sys
+import types
+import typing
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +24,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from s5cl import stages
 from s5cl.errors import UserError
 
 
@@ -37,7 +45,13 @@ NEEDS_ROOT = ("folder", "aml_munich")
 
 
 class DataParams(Section):
-    name: DatasetName = "digits"
+    """Which images, from where, at what size (download and prepare)."""
+
+    name: DatasetName = Field(
+        "digits",
+        description="the dataset (docs/datasets.md): digits (scikit-learn's, embedded), folder, "
+        "nct_crc_he_100k, nct_crc_he_100k_nonorm, aml_munich, pathmnist, bloodmnist",
+    )
     root: str | None = Field(
         None,
         description="folder: <root>/<class>/<image> or a CSV of path,label[,subset]; "
@@ -78,10 +92,24 @@ class DataParams(Section):
 
 
 class SplitParams(Section):
-    test_fraction: float = Field(0.2, gt=0, lt=1)
-    val_fraction: float = Field(0.1, ge=0, lt=1)
-    labels_per_class: int | None = Field(5, ge=1)
-    label_fraction: float | None = Field(None, gt=0, le=1)
+    """The label budget and the held-out sets: every image is labeled, unlabeled, val or
+    test exactly once, stratified per class, drawn from `seed`."""
+
+    test_fraction: float = Field(
+        0.2, gt=0, lt=1, description="per class; ignored when the dataset has its own test set"
+    )
+    val_fraction: float = Field(
+        0.1,
+        ge=0,
+        lt=1,
+        description="per class, for monitoring and tuning; ignored when the dataset has its own",
+    )
+    labels_per_class: int | None = Field(
+        5, ge=1, description="the label budget; or null and set label_fraction"
+    )
+    label_fraction: float | None = Field(
+        None, gt=0, le=1, description="the label budget as a fraction of each class's pool"
+    )
 
     @model_validator(mode="after")
     def _one_budget(self) -> SplitParams:
@@ -93,12 +121,18 @@ class SplitParams(Section):
 
 
 class ModelParams(Section):
-    arch: Literal["resnet18"] = "resnet18"
-    weights: str = Field("none", description="none | imagenet | path to a state dict")
-    embedding_dim: int = Field(64, ge=2)
+    """The network: an encoder, a projection to the embedding SupCon works on, a classifier."""
+
+    arch: Literal["resnet18"] = Field("resnet18", description="the encoder")
+    weights: str = Field(
+        "none", description="none | imagenet (downloads) | path to a ResNet-18 state dict"
+    )
+    embedding_dim: int = Field(64, ge=2, description="size of the embedding SupCon works on")
 
 
 class AugmentParams(Section):
+    """The weak and strong views every training image is seen as, drawn per image."""
+
     flip_rotate: bool = Field(
         False, description="flips and 90-degree rotations (weak and strong); off for digits, 6 != 9"
     )
@@ -136,14 +170,16 @@ class ComputeParams(Section):
 class SupervisedParams(Section):
     """Training on labeled images only: SupCon(tau_l) + CE."""
 
-    steps: int = Field(150, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(1e-4, ge=0)
-    batch_labeled: int = Field(32, ge=2)
-    m_per_class: int = Field(4, ge=1)
-    tau_l: float = Field(0.1, gt=0)
-    w_l: float = Field(1.0, ge=0)
-    w_c: float = Field(1.0, ge=0)
+    steps: int = Field(150, ge=1, description="training steps of the phase")
+    lr: float = Field(1e-3, gt=0, description="Adamax learning rate")
+    weight_decay: float = Field(1e-4, ge=0, description="Adamax weight decay")
+    batch_labeled: int = Field(
+        32, ge=2, description="labeled images a step (the global batch under torchrun)"
+    )
+    m_per_class: int = Field(4, ge=1, description="images per class in a labeled batch")
+    tau_l: float = Field(0.1, gt=0, description="SupCon temperature on labeled images")
+    w_l: float = Field(1.0, ge=0, description="weight of the labeled SupCon term")
+    w_c: float = Field(1.0, ge=0, description="weight of the cross-entropy term")
     eval_every: int = Field(50, ge=1, description="steps between validation scores")
 
     @model_validator(mode="after")
@@ -159,12 +195,14 @@ class SupervisedParams(Section):
 class S5CLParams(SupervisedParams):
     """Adds the unlabeled stream: SupCon(tau_u) on instance ids (self-supervised)."""
 
-    steps: int = Field(120, ge=1)
-    batch_unlabeled: int = Field(64, ge=2)
-    tau_u: float = Field(0.7, gt=0)
-    w_u: float = Field(1.0, ge=0)
+    steps: int = Field(120, ge=1, description="training steps of the s5cl phase")
+    batch_unlabeled: int = Field(
+        64, ge=2, description="unlabeled images a step (the paper: 128; global under torchrun)"
+    )
+    tau_u: float = Field(0.7, gt=0, description="SupCon temperature on instance ids")
+    w_u: float = Field(1.0, ge=0, description="weight of the unlabeled SupCon term")
     tau_p: float = Field(0.7, gt=0, description="SupCon temperature once targets are pseudo-labels")
-    w_p: float = Field(1.0, ge=0)
+    w_p: float = Field(1.0, ge=0, description="weight of the unlabeled term on pseudo-labels")
     switch_step: int | None = Field(
         None, ge=0, description="online switch to pseudo-label targets after this step (paper)"
     )
@@ -181,9 +219,11 @@ class S5CLParams(SupervisedParams):
 
 
 class PseudolabelParams(Section):
+    """Which of the s5cl model's predictions on the unlabeled images become pseudo-labels."""
+
     threshold: float = Field(0.9, ge=0, le=1, description="keep predictions this confident")
     max_per_class: int | None = Field(None, ge=1, description="keep at most this many per class")
-    batch_size: int = Field(512, ge=1)
+    batch_size: int = Field(512, ge=1, description="images a forward pass")
 
 
 class FixMatchParams(Section):
@@ -197,7 +237,7 @@ class RetrainParams(Section):
     """Continues S5CL (same s5cl.* settings, tau_p/w_p on the unlabeled stream) with the
     pseudo-labels of the pseudolabel stage as unlabeled targets."""
 
-    steps: int = Field(120, ge=1)
+    steps: int = Field(120, ge=1, description="training steps of the retrain phase")
 
 
 class CheckpointParams(Section):
@@ -212,7 +252,9 @@ class CheckpointParams(Section):
 
 
 class EvaluateParams(Section):
-    batch_size: int = Field(512, ge=1)
+    """Scores of the three models on the test set, and retrieval with their embeddings."""
+
+    batch_size: int = Field(512, ge=1, description="images a forward pass")
     knn_k: int = Field(5, ge=1, description="neighbours for kNN accuracy and precision@k")
 
 
@@ -232,10 +274,14 @@ class SweepParams(Section):
     """`snakemake sweep`: one cached run per method x budget x seed (workflow/rules/sweep.smk).
     The stages never read this section."""
 
-    methods: list[Method] = Field(["ce", "supcon", "fixmatch", "mpl", "s5cl"], min_length=1)
-    budget: Literal["labels_per_class", "label_fraction"] = "labels_per_class"
+    methods: list[Method] = Field(
+        ["ce", "supcon", "fixmatch", "mpl", "s5cl"], min_length=1, description="methods compared"
+    )
+    budget: Literal["labels_per_class", "label_fraction"] = Field(
+        "labels_per_class", description="which split key the budgets set"
+    )
     budgets: list[float] = Field([5], min_length=1, description="label budgets to compare")
-    seeds: list[int] = Field([0], min_length=1)
+    seeds: list[int] = Field([0], min_length=1, description="seeds of each method and budget")
     metric: Metric = Field("accuracy", description="the figure's metric; the tables have all")
     reference: dict[str, dict[float, float]] | None = Field(
         None, description="published figures per method and budget, drawn dashed"
@@ -251,23 +297,10 @@ class SweepParams(Section):
         return self
 
 
-RuleName = Literal[
-    "download",
-    "prepare",
-    "split",
-    "warmup",
-    "s5cl",
-    "pseudolabel",
-    "retrain",
-    "evaluate",
-    "report",
-    "sweep_run",
-    "sweep_aggregate",
-]
-# The stages (and Snakemake rules) of the training loop: the ones torchrun can run as several
-# processes (s5cl.distributed), so the ones a cluster may give several GPUs.
-MULTI_PROCESS_STAGES = ("warmup", "s5cl", "retrain")
-INFERENCE_RULES = ("pseudolabel", "evaluate", "report")
+RuleName = Literal[stages.RULES]  # type: ignore[valid-type]  # the stages, then the sweep's
+# The stages torchrun can run as several processes (s5cl.distributed), so the ones a cluster
+# may give several GPUs.
+MULTI_PROCESS_STAGES = tuple(s.name for s in stages.STAGES if s.multi_process)
 
 
 class RuleResources(Section):
@@ -293,12 +326,12 @@ class ResourcesParams(Section):
     default: RuleResources = RuleResources(cpus=1, mem_mb=2000, runtime=30, gpus=0)
     rules: dict[RuleName, RuleResources] = Field(
         default_factory=lambda: {
-            "prepare": RuleResources(cpus=8, mem_mb=8000, runtime=60),
-            **{rule: RuleResources(cpus=8, mem_mb=8000) for rule in INFERENCE_RULES},
-            "warmup": RuleResources(cpus=8, mem_mb=8000, runtime=60),
-            "s5cl": RuleResources(cpus=8, mem_mb=8000, runtime=120),
-            "retrain": RuleResources(cpus=8, mem_mb=8000, runtime=120),
-            "sweep_run": RuleResources(cpus=2, mem_mb=8000, runtime=240),
+            rule: RuleResources(**wanted)
+            for rule, wanted in (
+                *((s.name, s.resources) for s in stages.STAGES),
+                *stages.SWEEP_RULES.items(),
+            )
+            if wanted
         },
         description="per rule, the keys that differ from default",
     )
@@ -324,7 +357,7 @@ class ResourcesParams(Section):
 
 
 class Params(Section):
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, description="seed of the split and of every training RNG")
     method: Method = Field("s5cl", description="what the training phases minimise (methods.py)")
     data: DataParams = DataParams()
     split: SplitParams = SplitParams()
@@ -402,6 +435,36 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
     return validate(raw)
 
 
+def values_of(params: Params, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The values of `keys` (sections or dotted keys) as flat dotted keys: what a stage's cache
+    and resume checkpoints are keyed on (s5cl.stages: a stage's `params`)."""
+    dumped = params.model_dump(mode="json")
+    flat: dict[str, Any] = {}
+    for key in keys:
+        section, _, sub = key.partition(".")
+        value = dumped[section][sub] if sub else dumped[section]
+        if isinstance(value, dict):
+            flat |= {f"{key}.{item}": v for item, v in value.items()}
+        else:
+            flat[key] = value
+    return flat
+
+
+def write_resolved(params: Params, folder: str | Path) -> Path:
+    """The whole resolved config as a params file in `folder`, named by its content (for
+    Snakemake's rules: every stage reads all of it). A dry run or a second config parsed
+    meanwhile writes its own file, so a running job's config is never replaced; the jobs of a
+    cluster run parse the workflow again and find the same file."""
+    text = yaml.safe_dump(params.model_dump(mode="json"), sort_keys=False)
+    path = Path(folder) / f"params-{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(text)
+        tmp.replace(path)
+    return path
+
+
 def from_snakemake_config(config: dict[str, Any]) -> Params:
     """Params from Snakemake's config: params.yaml plus `--config` overrides, whose nested
     values Snakemake leaves as strings (`--config 's5cl={tau_u: 0.5}'` gives '0.5').
@@ -422,6 +485,97 @@ def json_schema() -> dict[str, Any]:
     return {"$schema": "https://json-schema.org/draft/2020-12/schema", **Params.model_json_schema()}
 
 
-if __name__ == "__main__":  # regenerate the Snakemake config schema
+def _type_name(annotation: Any) -> str:
+    """int, float | None, 'error' | 'skip', list[str]: how a key's type reads in the docs."""
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is Literal:
+        return " \\| ".join(f"`{a}`" for a in args)
+    if origin in (typing.Union, types.UnionType):
+        return " \\| ".join(_type_name(a) for a in args).replace("NoneType", "null")
+    if origin is not None:
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in args)}]"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def _limits(field: Any) -> str:
+    marks = {"ge": "≥", "gt": ">", "le": "≤", "lt": "<", "min_length": "length ≥"}
+    return ", ".join(
+        f"{mark} {getattr(m, key)}"
+        for m in field.metadata
+        for key, mark in marks.items()
+        if getattr(m, key, None) is not None
+    )
+
+
+def _rows(prefix: str, fields: dict[str, Any]) -> list[str]:
+    rows = []
+    for key, field in fields.items():
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, BaseModel):
+            default = default.model_dump(mode="json", exclude_none=True)
+        elif isinstance(default, dict):
+            default = {k: v.model_dump(exclude_none=True) for k, v in default.items()}
+        shown = json.dumps(default) if not isinstance(default, str) else default
+        kind = _type_name(field.annotation)
+        limits = _limits(field)
+        doc = (field.description or "").replace("|", "\\|")
+        rows.append(
+            f"| `{prefix}{key}` | `{shown}` | {kind}{f' ({limits})' if limits else ''} | {doc} |"
+        )
+    return rows
+
+
+def reference_markdown() -> str:
+    """docs/params.md: every key with its default, type, range and description, and the
+    stages that rerun when it changes."""
+    sections = {
+        name: field.annotation
+        for name, field in Params.model_fields.items()
+        if isinstance(field.annotation, type) and issubclass(field.annotation, Section)
+    }
+    readers: dict[str, list[str]] = {}
+    for stage in stages.STAGES:
+        for key in stage.params:
+            readers.setdefault(key, []).append(stage.name)
+    head = "| key | default | type | meaning |\n|---|---|---|---|"
+    lines = [
+        "# Params reference",
+        "",
+        "<!-- GENERATED from src/s5cl/params.py by `python -m s5cl.stages write`. -->",
+        "",
+        "`params.yaml` holds one section per stage. Set a value there, for one script with",
+        "`--set section.key=value`, for DVC with `dvc exp run -S section.key=value`, for",
+        "Snakemake with `--config 'section={key: value}'` or `--configfile overlay.yaml`. Every",
+        "value is checked before any work starts; a mistake ends in one line naming the key.",
+        "",
+        "*Reruns* names the stages whose cache key holds the key (their `params` in dvc.yaml,",
+        "and what Snakemake compares); the stages after them rerun when their inputs change.",
+        "Every stage reads the whole config, so what a model file and the report record is",
+        "what was run.",
+        "",
+        "## Top level",
+        "",
+        head,
+        *_rows("", {key: f for key, f in Params.model_fields.items() if key not in sections}),
+        "",
+        *(f"Reruns on `{key}`: {', '.join(names)}." for key, names in readers.items()
+          if "." not in key and key not in sections),
+    ]  # fmt: skip
+    for name, model in sections.items():
+        doc = inspect.cleandoc(model.__doc__ or "").split("\n\n")[0].replace("\n", " ")
+        rerun = sorted(
+            {s for key, names in readers.items() for s in names
+             if key == name or key.startswith(f"{name}.")},
+            key=stages.RULES.index,
+        )  # fmt: skip
+        lines += ["", f"## `{name}`", ""]
+        if doc:
+            lines += [doc, ""]
+        lines += [f"Reruns: {', '.join(rerun) or 'nothing (no stage result depends on it)'}.", ""]
+        lines += [head, *_rows(f"{name}.", model.model_fields)]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":  # print the Snakemake config schema
     json.dump(json_schema(), sys.stdout, indent=2)
     sys.stdout.write("\n")

@@ -6,9 +6,10 @@ streams, the metrics logged so far, and a fingerprint of what the run depends on
 the stage resumes from it only when the fingerprint matches; otherwise it refuses, naming the
 first difference, so two runs are never silently mixed. The finished stage deletes it.
 
-The fingerprint is the params the stage depends on (the same sections dvc.yaml lists for it)
-plus the md5 of its input files, so a changed split or warm-up model is caught too, and the
-number of processes (torchrun): each has its own augmentation RNG, all saved by rank 0.
+The fingerprint is the params the stage depends on and the md5 of its inputs, both as its
+entry in the stage table declares them (s5cl.stages; dvc.yaml lists the same), so a changed
+split or warm-up model is caught too, and the number of processes (torchrun): each has its own
+augmentation RNG, all saved by rank 0.
 """
 
 from __future__ import annotations
@@ -21,18 +22,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from s5cl import distributed
+from s5cl import distributed, layout, stages
 from s5cl.datasets.fetch import md5_file
+from s5cl.datasets.prepare import INDEX, STATS
 from s5cl.errors import UserError
 from s5cl.io import load_checkpoint, save_checkpoint
-from s5cl.params import Params
-
-# The params each training stage depends on: dvc.yaml lists the same (a test keeps them equal).
-STAGE_PARAMS = {
-    "warmup": ("seed", "method", "model", "augment", "compute", "warmup"),
-    "s5cl": ("seed", "method", "augment", "compute", "s5cl", "fixmatch"),
-    "retrain": ("seed", "method", "augment", "compute", "s5cl", "fixmatch", "retrain"),
-}
+from s5cl.params import Params, values_of
 
 
 def rng_states(generator: torch.Generator) -> dict[str, Any]:
@@ -56,20 +51,23 @@ def restore_rng_states(states: dict[str, Any], generator: torch.Generator) -> No
     generator.set_state(states["generator"])
 
 
-def fingerprint(stage: str, params: Params, inputs: list[Path]) -> dict[str, Any]:
-    """What must be equal for a checkpoint to continue this run: params (dotted keys), the md5
-    of each input file, and the number of processes."""
-    dumped = params.model_dump(mode="json")
-    flat: dict[str, Any] = {}
-    for section in STAGE_PARAMS[stage]:
-        value = dumped[section]
-        if isinstance(value, dict):
-            flat |= {f"{section}.{key}": item for key, item in value.items()}
-        else:
-            flat[section] = value
+def input_files(stage: stages.Stage, dataset: str) -> list[Path]:
+    """The files whose md5 stands for the stage's inputs: each file it reads, and for the
+    packed images their index (the md5 of every image) and stats (hashing a packed file of
+    15 GB at every start would take minutes)."""
+    packed = layout.packed_dir(dataset)
+    files = []
+    for path in map(Path, stages.resolve_paths(stage.deps, dataset)):
+        files += [path / INDEX, path / STATS] if path == packed else [path]
+    return files
+
+
+def fingerprint(stage: stages.Stage, params: Params) -> dict[str, Any]:
+    """What must be equal for a checkpoint to continue this run: the params the stage is cached
+    on (dotted keys), the md5 of each input file, and the number of processes."""
     return {
-        "params": flat,
-        "inputs": {str(path): md5_file(path) for path in inputs},
+        "params": values_of(params, stage.params),
+        "inputs": {str(path): md5_file(path) for path in input_files(stage, params.data.name)},
         "processes": distributed.world_size(),
     }
 
@@ -129,6 +127,8 @@ class Resume:
 
     def kept(self) -> str:
         """What a failed run leaves behind, for its error message."""
+        if self.every == 0:
+            return "no checkpoints (checkpoint.every: 0)"
         if self.saved_step is None:
             return "no checkpoint was written yet"
         done = f"{self.saved_step} step{'' if self.saved_step == 1 else 's'} done"

@@ -3,9 +3,10 @@
     python -m s5cl.sweep run --method s5cl --budget 5 --seed 0 --out results/sweep/s5cl/5/0
     python -m s5cl.sweep aggregate --out results results/sweep/*/*/*/run.json
 
-`run` reuses the project's packed dataset (it must be prepared) and runs split, warmup, s5cl,
-pseudolabel, retrain and evaluate in-process inside its own folder, with `method`, `seed` and
-the label budget overridden; everything else comes from params.yaml. Snakemake's
+`run` reuses the project's packed dataset (it must be prepared) and runs the stages the stage
+table marks for the sweep (split, warmup, s5cl, pseudolabel, retrain, evaluate) in-process
+inside its own folder, with `method`, `seed` and the label budget overridden; everything else
+comes from the params file. Snakemake's
 `workflow/rules/sweep.smk` calls both, one cached job per run.
 """
 
@@ -22,13 +23,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from s5cl import layout, pipeline
+from s5cl import layout, stages
 from s5cl.errors import UserError
 from s5cl.io import atomic_path, read_json, write_json
 from s5cl.metrics import plt
 from s5cl.params import Metric, Params, load_params
 
-STAGES = ("split", "warmup", "s5cl", "pseudolabel", "retrain", "evaluate")
 SCALARS = typing.get_args(Metric)  # every scalar evaluate.json has per model
 RUN = "run.json"
 
@@ -77,8 +77,8 @@ def run_one(
     if not link.is_symlink():
         link.symlink_to(packed, target_is_directory=True)
     with _inside(out):
-        for stage in STAGES:
-            print(f"{stage}: {getattr(pipeline, stage)(params)}", flush=True)
+        for stage in stages.sweep_stages():
+            print(f"{stage.name}: {stages.function(stage.name)(params)}", flush=True)
     run = {
         "method": method,
         "budget_kind": params.sweep.budget,

@@ -10,6 +10,9 @@ the unlabeled images are pulled towards is the only difference between phases:
     retrain  pseudo-labels where kept, else instance   (+ SupCon at tau_p)
     s5cl with switch_step: instance ids, then the classifier's online argmax (the paper's loop)
 
+What differs between phases (the params section, the steps, the RNG seed, the model it
+continues) is declared once, in the stage table (s5cl.stages.Phase).
+
 Every `checkpoint.every` steps the whole state goes to a resume checkpoint (resume.py); a run
 that finds a compatible one continues from it and ends with the same bits as one never stopped.
 A non-finite loss stops the stage with its step number, before the update, keeping the last
@@ -25,21 +28,22 @@ import random
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from tqdm import tqdm
 
 from s5cl import distributed
 from s5cl.augment import pixel_kernels, training_views
 from s5cl.datasets.packed import PackedDataset
+from s5cl.datasets.split import indices
 from s5cl.datasets.streams import LabeledBatches, UnlabeledBatches
 from s5cl.device import augment_chunk, configure, pick_device
 from s5cl.errors import UserError
 from s5cl.methods import Objective
 from s5cl.models import S5CLNet, embed_and_predict
-from s5cl.params import Params, SupervisedParams
+from s5cl.params import Params
 from s5cl.resume import Resume, restore_rng_states, rng_states
-
-STAGE_SEEDS = {"warmup": 1, "s5cl": 2, "retrain": 3}
+from s5cl.stages import Stage
 
 
 def seed_everything(seed: int, rank: int = 0) -> torch.Generator:
@@ -61,7 +65,22 @@ def validation_accuracy(model: S5CLNet, data: PackedDataset, val: np.ndarray, de
     return float((probs.argmax(1) == data.labels[val]).mean())
 
 
-def _log(live: Any, entry: dict[str, float]) -> None:
+class NoLog:
+    """Stands in for dvclive's Live where nothing is logged (torchrun ranks above 0)."""
+
+    step = 0
+
+    def __enter__(self) -> NoLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def log_metric(self, name: str, value: float) -> None:
+        return None
+
+
+def log_entry(live: Any, entry: dict[str, float]) -> None:
     live.step = entry["step"]
     for key, value in entry.items():
         if key != "step":
@@ -69,41 +88,43 @@ def _log(live: Any, entry: dict[str, float]) -> None:
 
 
 def train(
-    stage: str,
+    stage: Stage,
     objective: Objective,
     params: Params,
-    cfg: SupervisedParams,
-    steps: int,
     data: PackedDataset,
-    labeled: np.ndarray,
-    val: np.ndarray,
-    unlabeled: np.ndarray | None = None,
-    live: Any = None,
-    resume: Resume | None = None,
+    split: pd.DataFrame,
+    live: Any,
+    resume: Resume,
 ) -> dict[str, Any]:
-    """Train `objective.model` in place for `steps` steps; returns a checkpoint dict (with its
-    config and the objective's state: optimizers, an MPL teacher). With `resume`, continue from
-    its checkpoint if there is one and write one every `resume.every` steps."""
-    saved = resume.load() if resume is not None else None  # refuse a wrong one before work
+    """Train `objective.model` in place for the phase's steps, on the roles `split` gives the
+    images of `data`; log each step to `live` (dvclive's Live, or NoLog); continue from
+    `resume`'s checkpoint if there is one and write one every `resume.every` steps. Returns the
+    model's checkpoint dict: weights, the objective's state, the params, the data's classes and
+    normalisation, the last step's values."""
+    phase = stage.phase
+    cfg, steps = phase.config(params), phase.steps_of(params)
+    saved = resume.load()  # refuse a checkpoint of another run before any work
     device = pick_device()
     chunk = augment_chunk(device)
     kernels = pixel_kernels(params.compute.fuse_augment, device)
-    gen = seed_everything(params.seed * 100 + STAGE_SEEDS[stage], distributed.rank())
+    gen = seed_everything(params.seed * 100 + phase.seed, distributed.rank())
     model = objective.model
-    for network in (model, getattr(objective, "teacher", None)):  # MPL has a teacher too
-        if network is not None:
-            configure(network, params.compute, device)
+    for network in objective.networks():
+        configure(network, params.compute, device)
     objective.distribute()
     model.train()
-    section = "warmup" if stage == "warmup" else "s5cl"
-    distributed.check_divides(cfg.batch_labeled, f"{section}.batch_labeled")
+    labeled, val = indices(split, "labeled"), indices(split, "val")
+    distributed.check_divides(cfg.batch_labeled, f"{phase.section}.batch_labeled")
     labeled_stream = LabeledBatches(
         labeled, data.labels[labeled], cfg.batch_labeled, cfg.m_per_class
     )
     unlabeled_stream = None
     if objective.uses_unlabeled:
-        if unlabeled is None or len(unlabeled) == 0:
-            raise ValueError(f"{stage}: {params.method} needs unlabeled images; the split has none")
+        unlabeled = indices(split, "unlabeled")
+        if len(unlabeled) == 0:
+            raise UserError(
+                f"{stage.name}: {params.method} needs unlabeled images; the split has none"
+            )
         unlabeled_stream = UnlabeledBatches(unlabeled, params.s5cl.batch_unlabeled, gen)
         distributed.check_divides(unlabeled_stream.batch_size, "s5cl.batch_unlabeled")
     main = distributed.is_main()
@@ -119,16 +140,15 @@ def train(
         restore_rng_states(saved["rng"][distributed.rank()], gen)
         history = saved["history"]
         val_acc = next((h["val_acc"] for h in reversed(history) if "val_acc" in h), val_acc)
-        if live is not None:  # dvclive started afresh: replay what was logged before
-            for entry in history:
-                _log(live, entry)
+        for entry in history:  # dvclive started afresh: replay what was logged before
+            log_entry(live, entry)
         if main:
-            print(f"{stage}: resuming from {resume.path} at step {saved['step']} of {steps}")
+            print(f"{stage.name}: resuming from {resume.path} at step {saved['step']} of {steps}")
     first = saved["step"] if saved is not None else 0
 
     bar = tqdm(
         range(first, steps),
-        desc=f"{stage} ({params.method})",
+        desc=f"{stage.name} ({params.method})",
         unit="step",
         initial=first,
         total=steps,
@@ -158,10 +178,8 @@ def train(
             parts, logits = objective.update(x, y_l, pos_u, step)
         except FloatingPointError as error:  # raised before the update: the model is intact
             bar.close()
-            kept = resume.kept() if resume is not None else "no checkpoints (checkpoint.every: 0)"
             raise UserError(
-                f"{error}, so training stopped (lower {stage if stage == 'warmup' else 's5cl'}"
-                f".lr?); {kept}"
+                f"{error}, so training stopped (lower {phase.section}.lr?); {resume.kept()}"
             ) from None
 
         parts["train_acc"] = float((logits.argmax(1) == y_l).float().mean())
@@ -170,11 +188,10 @@ def train(
             val_acc = validation_accuracy(model, data, val, device)
             parts["val_acc"] = val_acc
         history.append({"step": step, **parts})
-        if live is not None:
-            _log(live, history[-1])
+        log_entry(live, history[-1])
         bar.set_postfix(loss=f"{parts['loss']:.3f}", val_acc=f"{val_acc:.3f}")
 
-        if resume is not None and resume.due(step + 1, steps):
+        if resume.due(step + 1, steps):
             rng = distributed.gather_objects(rng_states(gen))  # every rank's, for an exact resume
             if main:
                 resume.save(
@@ -191,7 +208,7 @@ def train(
                 )
 
     return {
-        "stage": stage,
+        "stage": stage.name,
         "method": params.method,
         "step": steps,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},

@@ -1,40 +1,26 @@
-import json
 import os
-import shlex
+
+from s5cl.params import values_of
 
 DATASET = config["data"]["name"]
-RAW = f"data/raw/{DATASET}"
-PACKED = f"data/packed/{DATASET}"
-SPLIT = "data/splits/split.parquet"
-TRAIN_CODE = [
-    "src/s5cl/pipeline.py",
-    "src/s5cl/train.py",
-    "src/s5cl/methods.py",
-    "src/s5cl/losses.py",
-    "src/s5cl/augment.py",
-    "src/s5cl/models.py",
-    "src/s5cl/device.py",
-    "src/s5cl/distributed.py",
-    "src/s5cl/datasets/streams.py",
-]
 
 
-def stage_args(*sections):
-    """`--set` flags carrying the config's values of `sections` to a stage script, so
-    `snakemake --config ...` overrides reach it and a changed value reruns the rule."""
+def paths(table_paths):
+    """The stage table's paths for this config's dataset."""
+    return stages.resolve_paths(table_paths, DATASET)
 
-    def flatten(prefix, value):
-        if isinstance(value, dict):
-            for key, child in value.items():
-                yield from flatten(f"{prefix}.{key}", child)
-        else:
-            yield prefix, value
 
-    flags = []
-    for section in sections:
-        for key, value in flatten(section, config[section]):
-            flags.append(f"--set {shlex.quote(f'{key}={json.dumps(value)}')}")
-    return " ".join(flags)
+def outputs_of(stage):
+    """What a stage writes, folders as Snakemake's directory() outputs."""
+    return [
+        directory(path) if marked.endswith("/") else path
+        for marked, path in zip(stage.outputs(), paths(stage.outputs()))
+    ]
+
+
+def cache_key(keys):
+    """The config values a job is cached on (Snakemake reruns a job whose params changed)."""
+    return values_of(PARAMS, tuple(keys))
 
 
 def threads_of(rule):

@@ -10,13 +10,8 @@ SWEEP_RUNS = expand(
     budget=[f"{b:g}" for b in SWEEP["budgets"]],
     seed=SWEEP["seeds"],
 )
-SWEEP_CODE = TRAIN_CODE + [
-    "src/s5cl/sweep.py",
-    "src/s5cl/pipeline.py",
-    "src/s5cl/metrics.py",
-    "src/s5cl/pseudo.py",
-    "src/s5cl/datasets/split.py",
-]
+SWEEP_STAGES = stages.sweep_stages()
+SWEEP_CODE = stages.module_files("s5cl.sweep", *(s.module for s in SWEEP_STAGES))
 
 
 rule sweep:
@@ -29,12 +24,12 @@ rule sweep:
 rule sweep_run:
     input:
         SWEEP_CODE,
-        PACKED,
+        paths([stages.PACKED]),
     output:
         f"{SWEEP_DIR}/run.json",
         f"{SWEEP_DIR}/metrics/evaluate.json",
     params:
-        sets=stage_args(*[s for s in config if s not in ("sweep", "resources")]),
+        cached=cache_key(dict.fromkeys(k for s in SWEEP_STAGES for k in s.params)),
         out=lambda wildcards, output: os.path.dirname(output[0]),
     threads: threads_of("sweep_run")
     resources:
@@ -44,23 +39,20 @@ rule sweep_run:
     conda:
         "../envs/s5cl.yaml"
     shell:
-        "python -m s5cl.sweep {params.sets} run --method {wildcards.method}"
+        'python -m s5cl.sweep --params "$S5CL_PARAMS" run --method {wildcards.method}'
         " --budget {wildcards.budget} --seed {wildcards.seed} --out {params.out} > {log} 2>&1"
 
 
 rule sweep_aggregate:
     input:
-        "src/s5cl/sweep.py",
+        stages.module_files("s5cl.sweep"),
         runs=SWEEP_RUNS,
     output:
         "results/summary.csv",
         "results/summary.md",
         "results/budget_curve.png",
     params:
-        sets=" ".join(
-            f"--set {shlex.quote(f'sweep.{key}={json.dumps(value)}')}"
-            for key, value in SWEEP.items()
-        ),
+        cached=cache_key(["sweep"]),
     threads: threads_of("sweep_aggregate")
     resources:
         **resources_of("sweep_aggregate"),
@@ -69,4 +61,5 @@ rule sweep_aggregate:
     conda:
         "../envs/s5cl.yaml"
     shell:
-        "python -m s5cl.sweep {params.sets} aggregate --out results {input.runs} > {log} 2>&1"
+        'python -m s5cl.sweep --params "$S5CL_PARAMS" aggregate --out results {input.runs}'
+        " > {log} 2>&1"

@@ -1,0 +1,30 @@
+"""What the stages after `split` share: the packed images with their roles, trained models."""
+
+from __future__ import annotations
+
+import pandas as pd
+import torch
+
+from s5cl import layout
+from s5cl.datasets.packed import PackedDataset
+from s5cl.device import configure
+from s5cl.errors import UserError
+from s5cl.io import load_checkpoint
+from s5cl.models import S5CLNet, model_from_checkpoint
+from s5cl.params import Params
+
+
+def open_split(params: Params) -> tuple[PackedDataset, pd.DataFrame]:
+    """The packed dataset and the split table that gives each of its images a role."""
+    data = PackedDataset.open(layout.packed_dir(params.data.name))
+    table = pd.read_parquet(layout.SPLIT) if layout.SPLIT.exists() else None
+    if table is None or len(table) != len(data.labels):
+        raise UserError(f"{layout.SPLIT}: missing or stale for this dataset; run the split stage")
+    return data, table
+
+
+def for_inference(stage: str, params: Params, device: torch.device) -> S5CLNet:
+    """The model stage `stage` wrote, on `device`, run as `params.compute` says."""
+    model = model_from_checkpoint(load_checkpoint(layout.model_path(stage)))
+    configure(model, params.compute, device)
+    return model

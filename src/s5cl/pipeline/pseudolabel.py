@@ -1,0 +1,41 @@
+"""Stage `pseudolabel`: the s5cl model's labels for the unlabeled images (s5cl.pseudo)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from s5cl import layout
+from s5cl.datasets.split import indices
+from s5cl.device import pick_device
+from s5cl.io import write_json, write_parquet
+from s5cl.models import embed_and_predict
+from s5cl.params import Params
+from s5cl.pipeline.common import for_inference, open_split
+from s5cl.pseudo import pseudo_summary, select_pseudo_labels
+
+
+def pseudolabel(params: Params) -> str:
+    data, table = open_split(params)
+    device = pick_device()
+    model = for_inference("s5cl", params, device)
+    unlabeled = indices(table, "unlabeled")
+    _, probs = embed_and_predict(
+        model, data, unlabeled, device, params.pseudolabel.batch_size, progress="pseudolabel"
+    )
+    label, confidence, kept = select_pseudo_labels(probs, params.pseudolabel)
+    pseudo = pd.DataFrame(
+        {
+            "index": unlabeled,
+            "label": label,
+            "confidence": confidence,
+            "kept": kept,
+            "true_label": data.labels[unlabeled],  # hidden from training; for scoring only
+        }
+    )
+    write_parquet(layout.PSEUDO, pseudo)
+    summary = pseudo_summary(pseudo)
+    write_json(layout.METRICS / "pseudolabel.json", summary)
+    return (
+        f"kept {summary['coverage']:.1%} of {summary['count']}, accuracy of kept "
+        f"{summary['accuracy_kept']:.3f} (all {summary['accuracy_all']:.3f})"
+    )

@@ -1,0 +1,59 @@
+"""Stage `report`: report/index.html, one self-contained page of the run (s5cl.report)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from s5cl import layout, stages
+from s5cl.datasets.split import indices
+from s5cl.device import pick_device
+from s5cl.io import atomic_path, read_json
+from s5cl.models import embed_and_predict
+from s5cl.params import Params
+from s5cl.pipeline.common import for_inference, open_split
+from s5cl.pipeline.evaluate import EVALUATED
+from s5cl.report import embedding_map, pseudo_label_curve, read_curves, render, training_curves
+
+
+def report(params: Params) -> str:
+    """Scores, figures and params of the run. The params shown are every section a stage
+    reads (stages.REPORTED), which is what the report is cached on."""
+    data, table = open_split(params)
+    device = pick_device()
+    model = for_inference("retrain", params, device)
+    test, labeled = indices(table, "test"), indices(table, "labeled")
+    rows = np.concatenate([test, labeled])
+    embeddings, _ = embed_and_predict(
+        model, data, rows, device, params.evaluate.batch_size, progress="report"
+    )
+    is_labeled = np.arange(len(rows)) >= len(test)
+    figures = {
+        "Training curves, all phases (also in dvclive: dvc plots show)": training_curves(
+            read_curves(layout.METRICS)
+        ),
+        "Embedding map of the final model": embedding_map(
+            embeddings, data.labels[rows], is_labeled, data.class_names, params.seed
+        ),
+        "Pseudo-label accuracy and coverage against the confidence threshold": (
+            pseudo_label_curve(pd.read_parquet(layout.PSEUDO), params.pseudolabel.threshold)
+        ),
+        "Per-class F1": (layout.PLOTS / "per_class_f1.png").read_bytes(),
+        **{
+            f"Confusion matrix: {name}": (layout.PLOTS / f"confusion_{name}.png").read_bytes()
+            for name in EVALUATED
+        },
+    }
+    scores = read_json(layout.METRICS / "evaluate.json")
+    shown = {k: v for k, v in params.model_dump(mode="json").items() if k in stages.REPORTED}
+    page = render(
+        f"S5CL pipeline: {params.method} on {params.data.name}",
+        shown,
+        {name: scores[name] for name in EVALUATED},
+        read_json(layout.METRICS / "pseudolabel.json"),
+        figures,
+    )
+    out = layout.REPORT / "index.html"
+    with atomic_path(out) as tmp:
+        tmp.write_text(page)
+    return f"{out}: {len(figures)} figures, {len(page) // 1024} KB, self-contained"

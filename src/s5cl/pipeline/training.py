@@ -1,0 +1,116 @@
+"""Stages `warmup`, `s5cl` and `retrain`: the three phases of training (s5cl.train).
+
+A phase is resolved once from its entry in the stage table (s5cl.stages.Phase): its params
+section and steps, its seed, the model it continues, and S5CL's unlabeled targets. Under
+torchrun each process runs this; rank 0 alone writes, and the others return no summary.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+from dvclive import Live
+
+from s5cl import distributed, layout, stages
+from s5cl.datasets.prepare import INDEX
+from s5cl.datasets.split import indices
+from s5cl.device import pick_device
+from s5cl.errors import UserError
+from s5cl.io import load_checkpoint, save_checkpoint
+from s5cl.methods import UnlabeledTargets, make_objective
+from s5cl.models import build_model, embed_and_predict, model_from_checkpoint
+from s5cl.params import Params
+from s5cl.pipeline.common import open_split
+from s5cl.pseudo import pseudo_targets
+from s5cl.resume import Resume, fingerprint
+from s5cl.train import NoLog, train
+
+
+def warmup(params: Params) -> str | None:
+    return run_phase(stages.get("warmup"), params)
+
+
+def s5cl(params: Params) -> str | None:
+    return run_phase(stages.get("s5cl"), params)
+
+
+def retrain(params: Params) -> str | None:
+    """S5CL with the kept pseudo-labels as targets; the other methods continue their own
+    objective for the same number of steps, so every method gets the same budget."""
+    return run_phase(stages.get("retrain"), params)
+
+
+def previous_model(stage: str, params: Params) -> dict:
+    """The model file a phase continues from; it must come from the same method."""
+    checkpoint = load_checkpoint(layout.model_path(stage))
+    if checkpoint.get("method", "s5cl") != params.method:
+        raise UserError(
+            f"{layout.model_path(stage)} was trained with method {checkpoint.get('method')!r}, "
+            f"not {params.method!r}; rerun the {stage} stage"
+        )
+    return checkpoint
+
+
+def unlabeled_targets(phase: stages.Phase, params: Params, split: pd.DataFrame):
+    """What S5CL pulls the unlabeled images towards in this phase (None: no unlabeled term)."""
+    cfg = params.s5cl
+    weights = (cfg.tau_u, cfg.w_u, cfg.tau_p, cfg.w_p)
+    if phase.unlabeled == "instance":
+        mode = "instance" if cfg.switch_step is None else "online"
+        return UnlabeledTargets(mode, *weights, switch_step=cfg.switch_step)
+    if phase.unlabeled == "pseudo":
+        pseudo = pd.read_parquet(layout.PSEUDO)
+        if not np.array_equal(pseudo["index"].to_numpy(), indices(split, "unlabeled")):
+            raise UserError(f"{layout.PSEUDO}: does not match the current split; run pseudolabel")
+        return UnlabeledTargets("pseudo", *weights, pseudo=pseudo_targets(pseudo))
+    return None
+
+
+def run_phase(stage: stages.Stage, params: Params) -> str | None:
+    with distributed.processes():
+        return _train_and_save(stage, params)
+
+
+def _train_and_save(stage: stages.Stage, params: Params) -> str | None:
+    phase = stage.phase
+    data, split = open_split(params)
+    previous = previous_model(phase.continues, params) if phase.continues else None
+    if previous is None:
+        model = build_model(params.model, data.num_classes, params.seed)
+    else:
+        model = model_from_checkpoint(previous)
+    objective = make_objective(
+        phase,
+        model,
+        params,
+        data.num_classes,
+        unlabeled_targets(phase, params, split),
+        teacher_state=previous and previous.get("teacher"),
+    )
+    resume = Resume(
+        layout.resume_path(stage.name), params.checkpoint.every, fingerprint(stage, params)
+    )
+    main = distributed.is_main()  # under torchrun, rank 0 alone logs and writes
+    live = Live(dir=str(layout.METRICS / stage.name), dvcyaml=None, save_dvc_exp=False)
+    with live if main else NoLog() as log:
+        checkpoint = train(stage, objective, params, data, split, log, resume)
+    if not main:
+        return None
+    final, steps = checkpoint["final"], checkpoint["step"]
+    # The labeled images' embeddings travel in the model file: `s5cl predict`'s neighbours.
+    labeled = indices(split, "labeled")
+    embeddings, _ = embed_and_predict(objective.model, data, labeled, pick_device())
+    packed = layout.packed_dir(params.data.name)
+    paths = pd.read_parquet(packed / INDEX, columns=["path"])["path"].to_numpy()
+    checkpoint["labeled"] = {
+        "paths": paths[labeled].tolist(),
+        "labels": data.labels[labeled].tolist(),
+        "embeddings": torch.from_numpy(embeddings),
+    }
+    save_checkpoint(layout.model_path(stage.name), checkpoint)
+    resume.finish()
+    return (
+        f"{params.method}: {steps} steps, loss {final['loss']:.3f}, "
+        f"val acc {final.get('val_acc', float('nan')):.3f} -> {layout.model_path(stage.name)}"
+    )

@@ -1,0 +1,372 @@
+"""Every pipeline stage, declared once: the table `STAGES` below.
+
+Everything else is derived from it:
+
+- `dvc.yaml` and the scripts `stages/<stage>.py`, written by `python -m s5cl.stages write`
+  (a test keeps the committed files equal to what it writes);
+- the Snakemake rules, made in a loop over the table (workflow/rules/stages.smk);
+- each stage's code dependencies: its script plus the import closure, inside `src/s5cl`, of the
+  runner (`s5cl.cli`) and of the module holding its function (`code_deps`);
+- the resume checkpoints' fingerprints (`params`, `deps`), the phases of the training loop
+  (`phase`), which stages torchrun may run (`multi_process`), the sweep's stages (`sweep`), the
+  rules' default resources (`resources`, read by s5cl.params).
+
+To add a stage: one `Stage(...)` entry here and its function, then `python -m s5cl.stages write`.
+
+This module imports nothing heavy (the Snakefile reads it): a stage's function is named as
+"module:function" and imported only when the stage runs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import modulefinder
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from s5cl import layout
+
+if TYPE_CHECKING:
+    from s5cl.params import Params, SupervisedParams
+
+
+def directory(path: Path | str) -> str:
+    """A path that names a folder: the table marks it with a trailing slash."""
+    return f"{path}/"
+
+
+DATASET = "{dataset}"  # stands for data.name in the table's paths
+RAW, PACKED = directory(layout.raw_dir(DATASET)), directory(layout.packed_dir(DATASET))
+SPLIT, PSEUDO = str(layout.SPLIT), str(layout.PSEUDO)
+CURVES = {"x": "step"}  # dvclive's per-step training curves, as DVC plots
+
+
+@dataclass(frozen=True)
+class Phase:
+    """What makes a training stage one phase of the schedule (train.py runs all three)."""
+
+    section: str  # params section of its optimiser, batches, temperatures and weights
+    steps: str  # params section whose `steps` it runs
+    seed: int  # its RNGs start from params.seed * 100 + seed
+    continues: str | None  # the stage whose model it starts from (None: a new model)
+    unlabeled: Literal["none", "instance", "pseudo"]  # S5CL's unlabeled targets
+
+    def config(self, params: Params) -> SupervisedParams:
+        return getattr(params, self.section)
+
+    def steps_of(self, params: Params) -> int:
+        return getattr(params, self.steps).steps
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    run: str  # "module:function": takes Params, returns the one-line summary (None on rank > 0)
+    doc: str  # what it does, one line
+    deps: tuple[str, ...]  # data it reads; code dependencies are added by code_deps
+    outs: tuple[str, ...]
+    params: tuple[str, ...]  # params (sections or dotted keys) whose change reruns it
+    metrics: tuple[str, ...] = ()
+    plots: dict[str, dict[str, str]] = field(default_factory=dict)  # path -> DVC plot props
+    multi_process: bool = False  # may run under torchrun, one process per GPU
+    phase: Phase | None = None  # a phase of the training loop
+    sweep: bool = True  # part of each run of the sweep (download and prepare are shared)
+    local: bool = False  # Snakemake runs it on the submitting host (it needs the internet)
+    resources: dict[str, int] = field(default_factory=dict)  # default resources.rules entry
+
+    @property
+    def module(self) -> str:
+        return self.run.partition(":")[0]
+
+    @property
+    def script(self) -> str:
+        return f"stages/{self.name}.py"
+
+    def outputs(self) -> tuple[str, ...]:
+        """Everything it writes that a driver tracks: outs, then metrics and plots."""
+        return (*self.outs, *self.metrics, *self.plots)
+
+
+def _training(name: str, doc: str, phase: Phase, deps: tuple[str, ...], params: tuple[str, ...]):
+    curves = directory(layout.METRICS / name / "plots" / "metrics")
+    return Stage(
+        name=name,
+        run=f"s5cl.pipeline.training:{name}",
+        doc=doc,
+        deps=(PACKED, SPLIT, *deps),
+        outs=(str(layout.model_path(name)),),
+        params=("seed", "method", *params),
+        metrics=(str(layout.METRICS / name / "metrics.json"),),
+        plots={curves: CURVES},
+        multi_process=True,
+        phase=phase,
+        resources={"cpus": 8, "mem_mb": 8000, "runtime": 60 if name == "warmup" else 120},
+    )
+
+
+# What the report shows of the params, and so reads: every section a stage reads. `sweep` and
+# `resources` are Snakemake's, `checkpoint` never changes a result.
+REPORTED = ("seed", "method", "data", "split", "model", "augment", "compute", "warmup", "s5cl")
+REPORTED += ("fixmatch", "pseudolabel", "retrain", "evaluate")
+INFERENCE = {"cpus": 8, "mem_mb": 8000}
+PHASES = ("warmup", "s5cl", "retrain")
+MODELS = tuple(str(layout.model_path(s)) for s in PHASES)
+
+STAGES: tuple[Stage, ...] = (
+    Stage(
+        name="download",
+        run="s5cl.pipeline.download:download",
+        doc="fetch and verify the dataset; list every image with its class, subset and md5",
+        deps=(),
+        outs=(RAW,),
+        params=("data.name", "data.root", "data.mirror", "data.downloads"),
+        sweep=False,
+        local=True,
+    ),
+    Stage(
+        name="prepare",
+        run="s5cl.pipeline.prepare:prepare",
+        doc="decode every image once into a uint8 memmap, with its index and statistics",
+        deps=(RAW,),
+        outs=(PACKED,),
+        params=("data.size", "data.on_bad_image"),
+        sweep=False,
+        resources={"cpus": 8, "mem_mb": 8000, "runtime": 60},
+    ),
+    Stage(
+        name="split",
+        run="s5cl.pipeline.split:split",
+        doc="every image once as labeled, unlabeled, val or test, stratified, from a seed",
+        deps=(PACKED,),
+        outs=(SPLIT,),
+        params=("seed", "split"),
+    ),
+    _training(
+        "warmup",
+        "supervised model: SupCon(tau_l) + CE on the labeled images only",
+        Phase("warmup", "warmup", seed=1, continues=None, unlabeled="none"),
+        deps=(),
+        params=("model", "augment", "compute", "warmup"),
+    ),
+    _training(
+        "s5cl",
+        "+ self-supervised SupCon(tau_u) on the unlabeled images (instance ids)",
+        Phase("s5cl", "s5cl", seed=2, continues="warmup", unlabeled="instance"),
+        deps=(str(layout.model_path("warmup")),),
+        params=("augment", "compute", "s5cl", "fixmatch"),
+    ),
+    Stage(
+        name="pseudolabel",
+        run="s5cl.pipeline.pseudolabel:pseudolabel",
+        doc="label, confidence and kept flag for every unlabeled image",
+        deps=(PACKED, SPLIT, str(layout.model_path("s5cl"))),
+        outs=(PSEUDO,),
+        params=("compute", "pseudolabel"),
+        metrics=(str(layout.METRICS / "pseudolabel.json"),),
+        resources=INFERENCE,
+    ),
+    _training(
+        "retrain",
+        "S5CL again with the kept pseudo-labels as unlabeled targets (tau_p)",
+        Phase("s5cl", "retrain", seed=3, continues="s5cl", unlabeled="pseudo"),
+        deps=(str(layout.model_path("s5cl")), PSEUDO),
+        params=("augment", "compute", "s5cl", "fixmatch", "retrain"),
+    ),
+    Stage(
+        name="evaluate",
+        run="s5cl.pipeline.evaluate:evaluate",
+        doc="test-set scores, confusion matrices and retrieval of all three models",
+        deps=(PACKED, SPLIT, *MODELS),
+        outs=(directory(layout.PLOTS),),
+        params=("compute", "evaluate"),
+        metrics=(str(layout.METRICS / "evaluate.json"),),
+        plots={
+            str(layout.METRICS / "predictions.csv"): {
+                "template": "confusion",
+                "x": "actual",
+                "y": "predicted",
+            }
+        },
+        resources=INFERENCE,
+    ),
+    Stage(
+        name="report",
+        run="s5cl.pipeline.report:report",
+        doc="one self-contained page: params, scores, figures, training curves",
+        deps=(
+            PACKED,
+            SPLIT,
+            PSEUDO,
+            MODELS[-1],
+            str(layout.METRICS / "evaluate.json"),
+            str(layout.METRICS / "pseudolabel.json"),
+            *(directory(layout.METRICS / s / "plots" / "metrics") for s in PHASES),
+            directory(layout.PLOTS),
+        ),
+        outs=(directory(layout.REPORT),),
+        params=REPORTED,
+        sweep=False,
+        resources=INFERENCE,
+    ),
+)
+
+# The sweep's rules (workflow/rules/sweep.smk): not stages, but they have resources too.
+SWEEP_RULES = {"sweep_run": {"cpus": 2, "mem_mb": 8000, "runtime": 240}, "sweep_aggregate": {}}
+RULES = (*(s.name for s in STAGES), *SWEEP_RULES)
+
+
+def get(name: str) -> Stage:
+    for stage in STAGES:
+        if stage.name == name:
+            return stage
+    raise KeyError(f"no stage {name!r}; the stages are {', '.join(s.name for s in STAGES)}")
+
+
+def function(name: str) -> Callable[[Params], str | None]:
+    """The function that does the work of stage `name` (imported now, not before)."""
+    module, _, attr = get(name).run.partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def sweep_stages() -> tuple[Stage, ...]:
+    return tuple(s for s in STAGES if s.sweep)
+
+
+# ---------------------------------------------------------------- code dependencies
+
+SRC = Path(__file__).resolve().parents[1]  # the folder holding the s5cl package
+RUNNER = "s5cl.cli"  # what every stage script runs first
+
+
+def module_files(*modules: str) -> list[str]:
+    """The files of `modules` and of every module of this package they import, directly or
+    not, lazy imports inside functions included (stdlib modulefinder scans all code objects),
+    as paths relative to the project root (src/s5cl/...). Imports of other packages are not
+    followed: modulefinder only searches `SRC`."""
+    finder = modulefinder.ModuleFinder(path=[str(SRC)])
+    for module in modules:
+        finder.import_hook(module)
+    root = SRC.parent
+    return sorted(
+        Path(m.__file__).resolve().relative_to(root).as_posix()
+        for name, m in finder.modules.items()
+        if (name == "s5cl" or name.startswith("s5cl.")) and m.__file__
+    )
+
+
+def code_deps(stage: Stage) -> list[str]:
+    """The code stage `stage` runs: its script, then the modules of the runner and its
+    function."""
+    return [stage.script, *module_files(RUNNER, stage.module)]
+
+
+def resolve_paths(paths: tuple[str, ...] | list[str], dataset: str) -> list[str]:
+    """The table's paths for one dataset, folders without their marking slash."""
+    return [p.rstrip("/").replace(DATASET, dataset) for p in paths]
+
+
+# ---------------------------------------------------------------- generated files
+
+DVC_HEADER = """\
+# GENERATED from src/s5cl/stages.py by `python -m s5cl.stages write`: edit the table there.
+# The S5CL pipeline for DVC. `dvc repro` runs what changed; `dvc exp run -S s5cl.tau_u=0.5`
+# tries a variant; `dvc exp show` compares. workflow/Snakefile makes its rules from the same
+# table, so both drivers run the same scripts to the same paths.
+"""
+
+
+def dvc_stages() -> dict[str, Any]:
+    """dvc.yaml's `stages:` mapping."""
+    dvc_path = lambda p: p.rstrip("/").replace(DATASET, "${data.name}")  # noqa: E731
+    out: dict[str, Any] = {}
+    for stage in STAGES:
+        entry: dict[str, Any] = {
+            "cmd": f"python {stage.script}",
+            "deps": code_deps(stage) + [dvc_path(p) for p in stage.deps],
+            "params": list(stage.params),
+            "outs": [dvc_path(p) for p in stage.outs],
+        }
+        if stage.metrics:
+            entry["metrics"] = [dvc_path(p) for p in stage.metrics]
+        if stage.plots:
+            entry["plots"] = [{dvc_path(p): dict(props)} for p, props in stage.plots.items()]
+        out[stage.name] = entry
+    return out
+
+
+def dvc_yaml() -> str:
+    import yaml
+
+    body = yaml.safe_dump({"stages": dvc_stages()}, sort_keys=False, width=100)
+    return DVC_HEADER + body
+
+
+SCRIPT = '''\
+"""Stage `{name}`: {doc}.
+
+Usage: python stages/{name}.py [--params params.yaml] [--set section.key=value ...]
+
+GENERATED from src/s5cl/stages.py by `python -m s5cl.stages write`.
+The work: {run}.
+"""
+
+import sys
+from pathlib import Path
+
+# This folder holds s5cl.py, which must not shadow the s5cl package: drop it from the path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from s5cl.cli import run_stage  # noqa: E402
+
+if __name__ == "__main__":
+    run_stage("{name}")
+'''
+
+
+def script(stage: Stage) -> str:
+    return SCRIPT.format(name=stage.name, doc=stage.doc, run=stage.run)
+
+
+def generated_files() -> dict[str, str]:
+    """Every file derived from the table or the params models: path -> content."""
+    from s5cl import params
+
+    files = {"dvc.yaml": dvc_yaml()}
+    files |= {stage.script: script(stage) for stage in STAGES}
+    files["workflow/schemas/params.schema.json"] = json.dumps(params.json_schema(), indent=2) + "\n"
+    files["docs/params.md"] = params.reference_markdown()
+    return files
+
+
+def main(argv: list[str]) -> None:
+    """python -m s5cl.stages dvc     print dvc.yaml
+    python -m s5cl.stages write      write every generated file (dvc.yaml, stages/*.py,
+                                     the Snakemake schema, docs/params.md)
+    python -m s5cl.stages check      exit 1, naming them, if any of those is out of date"""
+    command = argv[0] if argv else ""
+    if command == "dvc":
+        sys.stdout.write(dvc_yaml())
+        return
+    if command not in ("write", "check"):
+        sys.exit(main.__doc__)
+    stale = []
+    for path, text in generated_files().items():
+        target = Path(path)
+        if target.exists() and target.read_text() == text:
+            continue
+        stale.append(path)
+        if command == "write":
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(text)
+    verb = "wrote" if command == "write" else "out of date"
+    print(f"{verb}: {', '.join(stale)}" if stale else "all generated files are up to date")
+    if stale and command == "check":
+        sys.exit(f"regenerate: python -m s5cl.stages write ({len(stale)} files)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
