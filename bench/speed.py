@@ -270,7 +270,7 @@ def png_tiles(dest: Path, count: int) -> Path:
     sources = sorted(PBC.glob("*/*.jpg"))
     step = max(1, len(sources) // count)
     for src in sources[::step][:count]:
-        array, _ = decode_file(str(src), SIZE)
+        array = decode_file(str(src), SIZE).image
         target = dest / src.parent.name / f"{src.stem}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(array).save(target)
