@@ -72,7 +72,6 @@ class Stage:
     params: tuple[str, ...]  # params (sections or dotted keys) whose change reruns it
     metrics: tuple[str, ...] = ()
     plots: dict[str, dict[str, str]] = field(default_factory=dict)  # path -> DVC plot props
-    multi_process: bool = False  # may run under torchrun, one process per GPU
     phase: Phase | None = None  # a phase of the training loop
     sweep: bool = True  # part of each run of the sweep (download and prepare are shared)
     local: bool = False  # Snakemake runs it on the submitting host (it needs the internet)
@@ -83,6 +82,12 @@ class Stage:
         return self.run.partition(":")[0]
 
     @property
+    def multi_process(self) -> bool:
+        """torchrun may run it, one process per GPU: the training phases (the other stages
+        read or write whole files)."""
+        return self.phase is not None
+
+    @property
     def script(self) -> str:
         return f"stages/{self.name}.py"
 
@@ -91,7 +96,14 @@ class Stage:
         return (*self.outs, *self.metrics, *self.plots)
 
 
-def _training(name: str, doc: str, phase: Phase, deps: tuple[str, ...], params: tuple[str, ...]):
+def _training(
+    name: str,
+    doc: str,
+    phase: Phase,
+    deps: tuple[str, ...],
+    params: tuple[str, ...],
+    runtime: int,
+) -> Stage:
     curves = directory(layout.METRICS / name / "plots" / "metrics")
     return Stage(
         name=name,
@@ -102,16 +114,11 @@ def _training(name: str, doc: str, phase: Phase, deps: tuple[str, ...], params: 
         params=("seed", "method", *params),
         metrics=(str(layout.METRICS / name / "metrics.json"),),
         plots={curves: CURVES},
-        multi_process=True,
         phase=phase,
-        resources={"cpus": 8, "mem_mb": 8000, "runtime": 60 if name == "warmup" else 120},
+        resources={"cpus": 8, "mem_mb": 8000, "runtime": runtime},
     )
 
 
-# What the report shows of the params, and so reads: every section a stage reads. `sweep` and
-# `resources` are Snakemake's, `checkpoint` never changes a result.
-REPORTED = ("seed", "method", "data", "split", "model", "augment", "compute", "warmup", "s5cl")
-REPORTED += ("fixmatch", "pseudolabel", "retrain", "evaluate")
 INFERENCE = {"cpus": 8, "mem_mb": 8000}
 PHASES = ("warmup", "s5cl", "retrain")
 MODELS = tuple(str(layout.model_path(s)) for s in PHASES)
@@ -151,6 +158,7 @@ STAGES: tuple[Stage, ...] = (
         Phase("warmup", "warmup", seed=1, continues=None, unlabeled="none"),
         deps=(),
         params=("model", "augment", "compute", "warmup"),
+        runtime=60,
     ),
     _training(
         "s5cl",
@@ -158,6 +166,7 @@ STAGES: tuple[Stage, ...] = (
         Phase("s5cl", "s5cl", seed=2, continues="warmup", unlabeled="instance"),
         deps=(str(layout.model_path("warmup")),),
         params=("augment", "compute", "s5cl", "fixmatch"),
+        runtime=120,
     ),
     Stage(
         name="pseudolabel",
@@ -175,6 +184,7 @@ STAGES: tuple[Stage, ...] = (
         Phase("s5cl", "retrain", seed=3, continues="s5cl", unlabeled="pseudo"),
         deps=(str(layout.model_path("s5cl")), PSEUDO),
         params=("augment", "compute", "s5cl", "fixmatch", "retrain"),
+        runtime=120,
     ),
     Stage(
         name="evaluate",
@@ -193,6 +203,13 @@ STAGES: tuple[Stage, ...] = (
         },
         resources=INFERENCE,
     ),
+)
+
+# What the report shows of the params, and so is cached on: every section the stages before it
+# read (`sweep` and `resources` are Snakemake's, `checkpoint` never changes a result).
+REPORTED = tuple(dict.fromkeys(key.partition(".")[0] for s in STAGES for key in s.params))
+
+STAGES += (
     Stage(
         name="report",
         run="s5cl.pipeline.report:report",
