@@ -1,7 +1,7 @@
 """How `prepare` scales: throughput (images/s) and peak memory on pbc-240 (1,920 real JPEGs) and
 on a synthetic 20,000-image folder, measured side by side in one run.
 
-    python bench/prepare_scaling.py [--sizes 32 224] [--workers N] [--count 20000]
+    python bench/prepare_scaling.py [--sizes 32 224] [--workers N] [--count 20000] [--quick]
 
 The synthetic folder holds hard links (or copies) of the pbc-240 JPEGs under new names in
 8 class folders, so every image costs a real JPEG decode. Each measurement runs in a fresh
@@ -50,8 +50,10 @@ download(DataParams(name="folder", root=sys.argv[1]), Path(sys.argv[2]), Path(sy
 
 
 def synthetic_folder(dest: Path, count: int) -> Path:
-    """`count` images in pbc-240's 8 class folders, linked from its real JPEGs round-robin."""
-    sources = sorted(PBC.glob("*/*.jpg"))
+    """`count` images in pbc-240's 8 class folders, linked from its real JPEGs round-robin
+    over the classes (so even 100 images hold all 8)."""
+    by_class = [sorted(folder.glob("*.jpg")) for folder in sorted(PBC.iterdir()) if folder.is_dir()]
+    sources = [path for row in zip(*by_class, strict=True) for path in row]  # 240 a class
     for i in range(count):
         src = sources[i % len(sources)]
         target = dest / src.parent.name / f"{i:06d}.jpg"
@@ -82,7 +84,12 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[32, 224])
     parser.add_argument("--workers", type=int, default=min(os.cpu_count() or 1, 8))
     parser.add_argument("--count", type=int, default=20_000)
+    parser.add_argument(
+        "--quick", action="store_true", help="16 px, 1 worker, 100 synthetic images (tests)"
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.sizes, args.workers, args.count = [16], 1, 100
     if not PBC.is_dir():
         sys.exit(f"{PBC} is absent: this benchmark reads ../shared/data/pbc-240")
     with tempfile.TemporaryDirectory(prefix="s5cl-bench-") as tmp:

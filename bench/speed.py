@@ -58,7 +58,6 @@ from s5cl.device import pick_device
 from s5cl.methods import UnlabeledTargets, make_objective
 from s5cl.models import S5CLNet
 from s5cl.params import DataParams, validate
-from s5cl.resume import Resume
 from s5cl.train import NoLog, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -236,8 +235,7 @@ def our_training(data: PackedDataset, model: S5CLNet, batch_l: int, batch_u: int
     )
 
     def run(steps: int) -> None:
-        no_resume = Resume(Path(os.devnull) / "none.pt", 0, {})  # none to load, none written
-        train(stage, objective, params_for(steps), data, split, NoLog(), no_resume)
+        train(stage, objective, params_for(steps), data, split, NoLog(), None)  # no checkpoints
 
     return run
 

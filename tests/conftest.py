@@ -30,7 +30,10 @@ def digits_labels():
 @pytest.fixture
 def project(tmp_path: Path) -> Path:
     """A temp copy of the project's tracked pipeline files, as its own git + DVC repo."""
-    dest = tmp_path / "project"
+    return make_project(tmp_path / "project")
+
+
+def make_project(dest: Path) -> Path:
     dest.mkdir()
     for name in ("stages", "src", "workflow"):
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))

@@ -4,16 +4,19 @@ import base64
 import io
 import json
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 from PIL import Image
 
 from s5cl import stages
 
-from .conftest import PBC, SHARED, TINY, needs_shared, run, write_params
+from .conftest import PBC, SHARED, TINY, make_project, needs_shared, run, write_params
+from .kills import Kill, kill_during, leftovers, rerun_until_done, results, summarise_rerun
 
 STAGES = ["download", "prepare", "split", "warmup", "s5cl", "pseudolabel", "retrain"]
 STAGES += ["evaluate", "report"]
@@ -55,11 +58,26 @@ def _check_report(page: Path) -> None:
         assert heading in text
 
 
-def test_dvc_repro_runs_caches_and_reruns_only_what_changed(project):
+@dataclass
+class Reference:
+    project: Path
+    results: dict[str, bytes]  # right after the first, uninterrupted `dvc repro`
+    first: str  # its output
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Reference:
+    """One uninterrupted `dvc repro` of the tiny config: what the kill test compares with."""
+    project = make_project(tmp_path_factory.mktemp("reference") / "project")
     write_params(project, TINY)
     first = run(["dvc", "repro"], project)
-    assert _ran(first.stdout) == STAGES
-    assert "evaluate: warmup acc" in first.stdout  # the one-line stage summaries
+    return Reference(project, results(project), first.stdout)
+
+
+def test_dvc_repro_runs_caches_and_reruns_only_what_changed(reference):
+    project = reference.project
+    assert _ran(reference.first) == STAGES
+    assert "evaluate: warmup acc" in reference.first  # the one-line stage summaries
     _check_outputs(project)
 
     second = run(["dvc", "repro"], project)
@@ -84,7 +102,7 @@ def test_dvc_repro_runs_caches_and_reruns_only_what_changed(project):
     assert {path: (project / path).read_bytes() for path in earlier} == before
     assert sorted(p for p in (project / ".dvc/cache").rglob("*") if p.is_file()) == cache
     assert "warmup" not in run(["dvc", "status"], project).stdout  # still up to date
-    assert (project / "checkpoints/s5cl.pt").exists()  # the last good s5cl state
+    assert list((project / "checkpoints").glob("s5cl-*.pt"))  # the last good s5cl state
 
 
 def _check_every_module_edit_is_seen(project: Path) -> None:
@@ -155,7 +173,7 @@ def test_snakemake_passes_every_override_to_every_stage(project):
     assert (
         "error: the loss is nan at step 1" in log and "no checkpoints (checkpoint.every: 0)" in log
     )
-    assert not (project / "checkpoints/warmup.pt").exists()
+    assert not list((project / "checkpoints").glob("warmup-*.pt"))
 
 
 @needs_shared()
@@ -202,21 +220,29 @@ def test_a_user_mistake_is_one_line_not_a_traceback(project):
     ]
     missing = run(["python", "stages/prepare.py"], project, check=False)
     assert missing.returncode == 2
-    assert "run the download stage first" in missing.stderr
+    assert missing.stderr.strip().splitlines()[-1] == (
+        "prepare: error: data/raw/digits/manifest.parquet: table missing; rerun the download "
+        "stage (dvc repro, or python stages/download.py)"
+    )
     assert "Traceback" not in missing.stderr
 
 
-def test_same_params_and_seed_give_bit_identical_results(project):
-    write_params(project, TINY)
-    for stage in ("download", "prepare", "split"):
-        run(["python", f"stages/{stage}.py"], project)
-    split_first = (project / "data/splits/split.parquet").read_bytes()
-    runs = []
-    for _ in range(2):
-        run(["python", "stages/split.py"], project)
-        run(["python", "stages/warmup.py"], project)
-        checkpoint = torch.load(project / "models/warmup.pt", weights_only=False)
-        weights = b"".join(v.numpy().tobytes() for v in checkpoint["model"].values())
-        runs.append(((project / "metrics/warmup/metrics.json").read_text(), weights))
-    assert runs[0] == runs[1]
-    assert (project / "data/splits/split.parquet").read_bytes() == split_first
+def test_sigkill_in_any_stage_then_plain_dvc_repro_gives_the_same_results(reference, tmp_path):
+    """Kill `dvc repro` in a data stage and in each training stage after its first checkpoint
+    (each kill in the rerun of the one before), then plain `dvc repro` until done: no manual
+    step, and the same metrics, plots, pseudo-labels and report as the uninterrupted run. That
+    run was made in another folder by other processes: the same bits also show that the same
+    params and seed give the same results."""
+    project = make_project(tmp_path / "project")
+    write_params(project, {**TINY, "checkpoint.every": 1})  # not a cache key: same results
+    said = []  # what each rerun printed, up to the next kill
+    for kill in (Kill("prepare", 0.5), Kill("warmup", 0.1), Kill("s5cl", 0.1), Kill("retrain", 0)):
+        assert kill_during(project, kill, ["dvc", "repro"]), f"{kill.stage} ended first"
+        assert kill.landed == kill.stage
+        said.append(summarise_rerun((project / ".kill.log").read_text()))
+    rerun, attempts = rerun_until_done(project)
+    assert attempts == 1, rerun
+    assert "warmup resumed at step" in said[2] and "s5cl resumed at step" in said[3], said
+    assert "retrain resumed at step" in rerun, rerun
+    assert results(project) == reference.results
+    assert leftovers(project) == []

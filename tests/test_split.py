@@ -109,6 +109,12 @@ def test_split_properties(case):
         with pytest.raises(UserError, match="training images"):  # the budget does not fit
             make_split(labels, cfg, seed, None, subsets, original)
         return
+    tests = own_test or sum(t for t, *_ in expected.values()) > 0
+    vals = own_val or sum(v for _, v, *_ in expected.values()) > 0 or cfg.val_fraction == 0
+    if not (tests and vals):
+        with pytest.raises(UserError, match="set is empty"):  # unless val_fraction: 0
+            make_split(labels, cfg, seed, None, subsets, original)
+        return
     table = make_split(labels, cfg, seed, None, subsets, original)
     # every image exactly once, with one of the four roles (so the roles are disjoint)
     assert table["index"].tolist() == list(range(len(labels)))

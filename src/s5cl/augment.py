@@ -16,6 +16,7 @@ defect of the reference code, which drew one set of parameters for a whole batch
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import typing
 import warnings
@@ -420,6 +421,8 @@ def fused_kernels(device_type: str = "cpu") -> PixelKernels:
         torch.compile(_strong_pixels, dynamic=True),
         fused=True,
     )
+    if device_type == "cpu":  # Inductor looks for CUDA even for CPU code, and logs its absence
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     gen = torch.Generator()
     try:  # compile now, in this thread, with sizes > 1 (torch.compile specialises on 1)
         device = torch.device(device_type)

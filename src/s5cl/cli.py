@@ -7,9 +7,11 @@ import os
 import sys
 import time
 import warnings
+from pathlib import Path
 
-from s5cl import stages
+from s5cl import layout, stages
 from s5cl.errors import UserError
+from s5cl.io import cannot_write, refused_write, remove_leftovers
 from s5cl.params import load_params
 
 
@@ -21,6 +23,21 @@ def _processes() -> tuple[int, str]:
     """How many processes torchrun started (WORLD_SIZE; 1 without it), and this one's rank.
     Read from the environment: the data stages never import torch.distributed."""
     return int(os.environ.get("WORLD_SIZE", "1")), os.environ.get("RANK", "0")
+
+
+def remove_what_kills_left(name: str, dataset: str) -> None:
+    """A SIGKILL skips every `finally`: it can leave a temporary file beside an output and a
+    resume checkpoint whose run's model DVC then restored from its run cache (so its stage never
+    ran to delete either). The stages upstream of `name` are done, so what their writers left
+    is stale: delete it, and the checkpoints whose run's model is in place."""
+    for before in stages.upstream(name):
+        for out in map(Path, stages.resolve_paths(before.outputs(), dataset)):
+            remove_leftovers(out)
+            remove_leftovers(out.parent)  # atomic_dir's of a folder holding the outputs
+    if any(layout.CHECKPOINTS.glob("*.pt")):  # a glob: torch is loaded only if needed
+        from s5cl.resume import remove_finished
+
+        remove_finished()
 
 
 def run_stage(name: str) -> None:
@@ -57,8 +74,14 @@ def run_stage(name: str) -> None:
                 f"(torchrun is for {multi})"
             )
         params = load_params(args.params, args.overrides)
+        remove_what_kills_left(name, params.data.name)
         summary = stages.function(name)(params)
-    except UserError as error:
+    except (UserError, OSError, RuntimeError) as error:
+        if not isinstance(error, UserError):  # a write refused outside atomic_path
+            refused = refused_write(error)
+            if refused is None:
+                raise
+            error = cannot_write(refused.filename or "an output", refused)
         who = f" (rank {rank} of {processes})" if processes > 1 else ""
         print(f"{name}{who}: error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -25,5 +25,12 @@ def model_path(stage: str) -> Path:
     return MODELS / f"{'final' if stage == 'retrain' else stage}.pt"
 
 
-def resume_path(stage: str) -> Path:
-    return CHECKPOINTS / f"{stage}.pt"
+def resume_path(stage: str, run: str) -> Path:
+    """The resume checkpoint of one run of `stage`, named by the run's fingerprint id."""
+    return CHECKPOINTS / f"{stage}-{run}.pt"
+
+
+def resume_paths(stage: str) -> list[Path]:
+    """Every resume checkpoint of `stage` on disk, of any run (and the unnamed one of older
+    versions, checkpoints/<stage>.pt)."""
+    return sorted([*CHECKPOINTS.glob(f"{stage}-*.pt"), *CHECKPOINTS.glob(f"{stage}.pt")])

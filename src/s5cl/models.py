@@ -13,7 +13,57 @@ from torchvision.models import ResNet18_Weights, resnet18
 from s5cl.augment import normalize, to_float
 from s5cl.datasets.packed import PackedDataset
 from s5cl.errors import UserError
+from s5cl.io import describe_checkpoint
 from s5cl.params import ModelParams
+
+WRAPPERS = ("state_dict", "model")  # keys a training script often nests its state dict in
+PREFIXES = ("module.", "encoder.", "backbone.")  # DDP's, this project's model files', timm's
+
+
+def _examples(keys: set[str]) -> str:
+    return ", ".join(sorted(keys)[:2])
+
+
+def load_encoder_weights(encoder: nn.Module, path: Path) -> None:
+    """Load a ResNet-18 state dict from `path` into `encoder`. Accepted: a plain state dict, one
+    wrapped in `state_dict` or `model` (this project's own model files too), with `module.`,
+    `encoder.` or `backbone.` prefixes; the classifier (`fc.`) is dropped. Anything else is one
+    line saying what the file holds and what was expected."""
+    where = f"model.weights={str(path)!r}"
+    if not path.is_file():
+        raise UserError(f"{where}: no such file (use none, imagenet or the path of a state dict)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # unpickling other bytes raises almost anything
+        reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
+        raise UserError(f"{where}: not a PyTorch weights file ({reason})") from None
+    for key in WRAPPERS:
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{where}: {describe_checkpoint(state)}, expected a state dict of tensors")
+    heads = ("embedder.", "classifier.")
+    for prefix in PREFIXES:
+        if state and all(k.startswith(prefix) for k in state if not k.startswith(heads)):
+            state = {k.removeprefix(prefix): v for k, v in state.items()}
+    state = {k: v for k, v in state.items() if not k.startswith(("fc.", *heads))}
+    wanted = encoder.state_dict()
+    missing, unexpected = set(wanted) - set(state), set(state) - set(wanted)
+    shapes = {k for k in set(wanted) & set(state) if wanted[k].shape != state[k].shape}
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {_examples(missing)})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {_examples(unexpected)})")
+        if shapes:
+            key = sorted(shapes)[0]
+            parts.append(
+                f"{len(shapes)} of other shapes (e.g. {key}: {tuple(state[key].shape)}, "
+                f"expected {tuple(wanted[key].shape)})"
+            )
+        raise UserError(f"{where}: does not fit a resnet18 encoder: {'; '.join(parts)}")
+    encoder.load_state_dict(state)
 
 
 class S5CLNet(nn.Module):
@@ -27,14 +77,7 @@ class S5CLNet(nn.Module):
         feature_dim = self.encoder.fc.in_features
         self.encoder.fc = nn.Identity()
         if weights not in ("none", "imagenet"):
-            path = Path(weights)
-            if not path.exists():
-                raise UserError(
-                    f"model.weights={weights!r}: no such file (use none, imagenet or a path)"
-                )
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-            self.encoder.load_state_dict(state)
+            load_encoder_weights(self.encoder, Path(weights))
         self.embedder = nn.Linear(feature_dim, embedding_dim)
         self.classifier = nn.Linear(embedding_dim, num_classes)
         self.autocast: torch.dtype | None = None  # set by device.configure

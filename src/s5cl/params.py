@@ -67,6 +67,11 @@ class DataParams(Section):
     workers: int | None = Field(
         None, ge=1, description="decoding processes for prepare (default: CPUs, at most 8)"
     )
+    recursive: bool = Field(
+        False,
+        description="folder: images in subfolders of a class folder belong to that class "
+        "(false: such a subfolder is an error, so no image is left out unseen)",
+    )
     on_bad_image: Literal["error", "skip"] = Field(
         "error",
         description="a file that is not a readable 8-bit image: error names it and stops; skip "
@@ -246,8 +251,8 @@ class CheckpointParams(Section):
     every: int = Field(
         50,
         ge=0,
-        description="steps between resume checkpoints in checkpoints/<stage>.pt (0: none); a "
-        "killed stage started again continues from its last one",
+        description="steps between resume checkpoints in checkpoints/<stage>-<run>.pt (0: none); "
+        "a killed stage started again continues from its last one",
     )
 
 
@@ -375,6 +380,39 @@ class Params(Section):
     resources: ResourcesParams = ResourcesParams()
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml's SafeLoader, but a key given twice in one mapping is an error."""
+
+
+def _unique_mapping(loader: UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    seen: dict[Any, yaml.Node] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            line = seen[key].start_mark.line + 1
+            raise yaml.constructor.ConstructorError(
+                None,
+                None,
+                f"key {key!r} is given twice (first on line {line}); keep one",
+                key_node.start_mark,
+            )
+        seen[key] = key_node
+    return loader.construct_mapping(node, deep=deep)
+
+
+UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def _yaml_where(error: yaml.YAMLError) -> str:
+    mark = getattr(error, "problem_mark", None)
+    return f" line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    problem = getattr(error, "problem", None)
+    return problem or str(error).splitlines()[0]
+
+
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     keys = dotted.split(".")
     node = tree
@@ -393,7 +431,12 @@ def parse_overrides(items: list[str]) -> list[tuple[str, Any]]:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise UserError(f"--set {item!r}: expected section.key=value")
-        out.append((key.strip(), yaml.safe_load(raw)))
+        try:
+            value = yaml.load(raw, Loader=UniqueKeyLoader)
+        except yaml.YAMLError as error:
+            problem = _yaml_problem(error)
+            raise UserError(f"--set {item!r}: the value is not valid YAML ({problem})") from None
+        out.append((key.strip(), value))
     return out
 
 
@@ -422,12 +465,33 @@ def validate(raw: dict[str, Any]) -> Params:
         raise UserError(f"bad parameter: {_describe(error, raw)}") from None
 
 
+def read_yaml(path: Path) -> Any:
+    """A YAML file whose every mistake is one line naming the file, line and column: not UTF-8,
+    invalid YAML, a key given twice in one mapping (YAML lets the last one win silently)."""
+    if path.is_dir():
+        raise UserError(f"{path}: is a folder, not a params file")
+    if not path.exists():
+        raise UserError(f"{path}: no such params file (run from the project root)")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        column = error.start - (data.rfind(b"\n", 0, error.start) + 1) + 1
+        raise UserError(
+            f"{path} line {line} column {column}: not UTF-8 text (byte "
+            f"0x{data[error.start]:02x}); save the file as UTF-8"
+        ) from None
+    try:
+        return yaml.load(text, Loader=UniqueKeyLoader)
+    except yaml.YAMLError as error:
+        raise UserError(f"{path}{_yaml_where(error)}: {_yaml_problem(error)}") from None
+
+
 def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
     """Read params.yaml, apply `--set` overrides, validate everything before any work starts."""
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: no such params file (run from the project root)")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise UserError(f"{path}: expected a mapping of sections")
     for key, value in parse_overrides(overrides or []):

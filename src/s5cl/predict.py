@@ -21,8 +21,10 @@ from s5cl.augment import normalize, to_float
 from s5cl.datasets.prepare import decode_file
 from s5cl.device import pick_device
 from s5cl.errors import UserError
-from s5cl.io import load_checkpoint
+from s5cl.io import atomic_path, load_checkpoint
 from s5cl.models import model_from_checkpoint
+
+MODEL_HINT = "give --model a model file the pipeline wrote (models/final.pt, models/s5cl.pt)"
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -41,8 +43,11 @@ def predict(
 ) -> pd.DataFrame:
     """One row per image: predicted class, confidence, and the `neighbours` nearest labeled
     training images by cosine similarity of the embeddings."""
-    if "labeled" not in checkpoint:
-        raise UserError("the model file has no labeled embeddings; retrain it with this version")
+    if "labeled" not in checkpoint:  # model files of versions before predict existed
+        raise UserError(
+            "the model file has no labeled embeddings (an older version wrote it); "
+            "rerun the pipeline to write it again"
+        )
     device = pick_device()
     model = model_from_checkpoint(checkpoint).eval().to(device)
     size, names = checkpoint["image_size"], checkpoint["class_names"]
@@ -54,7 +59,7 @@ def predict(
         chunk = paths[start : start + batch_size]
         images = []
         for path in chunk:
-            decoded = decode_file(str(path), size)
+            decoded = decode_file(str(path), size, missing="check the path")
             if decoded.problem is not None:
                 raise UserError(f"{path}: {decoded.problem}")
             images.append(decoded.image)
@@ -93,16 +98,21 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if bool(args.images) == bool(args.folder):
             raise UserError("give image files or --folder DIR (one of the two)")
+        if args.neighbours < 0:
+            raise UserError(f"--neighbours {args.neighbours}: must be 0 or more")
+        if args.out is not None and args.out.is_dir():
+            raise UserError(f"--out {args.out}: is a folder; give the path of a .csv file")
         paths = image_files(args.folder) if args.folder else list(args.images)
-        table = predict(load_checkpoint(args.model), paths, args.neighbours)
+        model = load_checkpoint(args.model, hint=MODEL_HINT)
+        table = predict(model, paths, args.neighbours)
+        if args.out:
+            with atomic_path(args.out) as tmp:
+                table.to_csv(tmp, index=False)
+            print(f"s5cl predict: {len(table)} images -> {args.out}", file=sys.stderr)
     except UserError as error:
         print(f"s5cl predict: error: {error}", file=sys.stderr)
         sys.exit(2)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        table.to_csv(args.out, index=False)
-        print(f"s5cl predict: {len(table)} images -> {args.out}", file=sys.stderr)
-    else:
+    if not args.out:
         table.to_csv(sys.stdout, index=False)
 
 

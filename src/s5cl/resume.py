@@ -1,10 +1,14 @@
 """Resume checkpoints: a training stage killed mid-run continues from its last one, bit for bit.
 
-Every `checkpoint.every` steps a training stage writes `checkpoints/<stage>.pt` atomically:
-model, optimizers (and an MPL teacher), the step, every RNG state, the position of both batch
-streams, the metrics logged so far, and a fingerprint of what the run depends on. A new run of
-the stage resumes from it only when the fingerprint matches; otherwise it refuses, naming the
-first difference, so two runs are never silently mixed. The finished stage deletes it.
+Every `checkpoint.every` steps a training stage writes `checkpoints/<stage>-<run>.pt`
+atomically: model, optimizers (and an MPL teacher), the step, every RNG state, the position of
+both batch streams, the metrics logged so far, and the fingerprint of what the run depends on.
+`<run>` is the fingerprint's id, so a checkpoint belongs to exactly one run: a new run of the
+stage resumes the checkpoint of its own fingerprint and no other, and removes the others
+(they are of runs with other params or inputs, which a run never mixes in). The finished stage
+deletes its own; a checkpoint whose run's model is in place anyway (DVC restored it from its
+run cache, so the stage never ran) is removed by the next stage that runs (`remove_finished`).
+Nothing a killed run leaves behind ever stops a rerun.
 
 The fingerprint is the params the stage depends on and the md5 of its inputs, both as its
 entry in the stage table declares them (s5cl.stages; dvc.yaml lists the same), so a changed
@@ -14,7 +18,10 @@ augmentation RNG, all saved by rank 0.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,8 +32,7 @@ import torch
 from s5cl import distributed, layout, stages
 from s5cl.datasets.fetch import md5_file
 from s5cl.datasets.prepare import INDEX, STATS
-from s5cl.errors import UserError
-from s5cl.io import load_checkpoint, save_checkpoint
+from s5cl.io import UNREADABLE, save_checkpoint
 from s5cl.params import Params, values_of
 
 
@@ -72,47 +78,72 @@ def fingerprint(stage: stages.Stage, params: Params) -> dict[str, Any]:
     }
 
 
-def first_difference(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
-    """'warmup.lr=0.001, now 0.01' for the first param that differs, else the first input file
-    that changed, else a different number of processes, else None."""
-    for key in sorted(set(saved["params"]) | set(current["params"])):
-        old, new = saved["params"].get(key), current["params"].get(key)
-        if old != new:
-            return f"{key}={old!r}, now {new!r}"
-    for path in sorted(set(saved["inputs"]) | set(current["inputs"])):
-        if saved["inputs"].get(path) != current["inputs"].get(path):
-            return f"input {path} has changed since"
-    before, now = saved.get("processes", 1), current.get("processes", 1)
-    if before != now:
-        return f"it was written by {before} processes, this run has {now}"
-    return None
+def run_id(fingerprint: dict[str, Any]) -> str:
+    """12 hex digits that name one run of a stage: its checkpoint's file name."""
+    text = json.dumps(fingerprint, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _note(message: str) -> None:
+    print(f"note: {message}", file=sys.stderr)
+
+
+def remove_finished() -> None:
+    """Delete each resume checkpoint whose run's model is in place: DVC restored the stage's
+    output from its run cache, so the stage never ran to delete it. Cheap when there is none
+    (a glob); run before every stage."""
+    for stage in stages.PHASES:
+        leftovers = layout.resume_paths(stage)
+        model = layout.model_path(stage)
+        if not leftovers or not model.exists():
+            continue
+        try:
+            finished = torch.load(model, map_location="cpu", weights_only=False, mmap=True)
+            finished = finished.get("run") if isinstance(finished, dict) else None
+        except UNREADABLE:
+            continue  # the stage that reads it will say so
+        for path in leftovers:
+            if finished is not None and path == layout.resume_path(stage, finished):
+                path.unlink(missing_ok=True)
+                _note(f"removed {path}: {model} of the same run is in place")
 
 
 @dataclass
 class Resume:
-    """Where a stage keeps its resume checkpoint, how often, and what it must match."""
+    """Where one run of a stage keeps its resume checkpoint, how often, and what it must match."""
 
-    path: Path
+    stage: str
     every: int  # steps between checkpoints; 0 writes none
     fingerprint: dict[str, Any]
     saved_step: int | None = None  # the step of the last checkpoint on disk
 
+    @property
+    def run(self) -> str:
+        return run_id(self.fingerprint)
+
+    @property
+    def path(self) -> Path:
+        return layout.resume_path(self.stage, self.run)
+
     def load(self) -> dict[str, Any] | None:
-        """The checkpoint to continue from, None if there is none; refuses an incompatible one."""
+        """The checkpoint of this run to continue from, None if there is none. Checkpoints of
+        other runs of the stage are removed: none can be continued by this one."""
+        for other in layout.resume_paths(self.stage):
+            if other != self.path:
+                other.unlink(missing_ok=True)
+                _note(f"removed {other}, the checkpoint of a run with other params or inputs")
         if not self.path.exists():
             return None
         try:
-            state = load_checkpoint(self.path)
-        except Exception as error:  # a checkpoint is written atomically, so this is rare
-            raise UserError(
-                f"{self.path}: unreadable resume checkpoint ({error}); delete it to start over"
-            ) from None
-        difference = first_difference(state["fingerprint"], self.fingerprint)
-        if difference is not None:
-            raise UserError(
-                f"{self.path} (step {state['step']}) is from a different run: {difference}; "
-                f"restore that or delete it to start the stage over (rm {self.path})"
-            )
+            state = torch.load(self.path, map_location="cpu", weights_only=False)
+            same = state["fingerprint"] == self.fingerprint
+        except (*UNREADABLE, TypeError) as error:  # written atomically, so this is rare
+            self.path.unlink(missing_ok=True)
+            _note(f"removed {self.path}: unreadable ({error}); the stage starts over")
+            return None
+        if not same:  # the name is a hash of the fingerprint: only a collision gets here
+            self.path.unlink(missing_ok=True)
+            return None
         self.saved_step = int(state["step"])
         return state
 

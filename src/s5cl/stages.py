@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 import json
 import modulefinder
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -243,6 +244,38 @@ def get(name: str) -> Stage:
     raise KeyError(f"no stage {name!r}; the stages are {', '.join(s.name for s in STAGES)}")
 
 
+def writer_of(path: str | Path) -> Stage | None:
+    """The stage whose outputs hold `path` (a file it writes, or one inside a folder it
+    writes), whatever the dataset; None for a path no stage writes."""
+    path = Path(path).as_posix()
+    for stage in STAGES:
+        for out in stage.outputs():
+            pattern = re.escape(out).replace(re.escape(DATASET), "[^/]+")
+            if re.fullmatch(pattern + (".*" if out.endswith("/") else ""), path):
+                return stage
+    return None
+
+
+def _within(path: str, folder: str) -> bool:
+    return path == folder.rstrip("/") or (folder.endswith("/") and path.startswith(folder))
+
+
+def upstream(name: str) -> tuple[Stage, ...]:
+    """The stages whose outputs stage `name` reads, directly or not: all of them are done
+    whenever it starts, under DVC and under Snakemake alike."""
+    found: dict[str, Stage] = {}
+    wanted = list(get(name).deps)
+    while wanted:
+        dep = wanted.pop()
+        for stage in STAGES:
+            if stage.name not in found and any(
+                _within(dep, out) or _within(out, dep) for out in stage.outputs()
+            ):
+                found[stage.name] = stage
+                wanted += stage.deps
+    return tuple(s for s in STAGES if s.name in found)
+
+
 def function(name: str) -> Callable[[Params], str | None]:
     """The function that does the work of stage `name` (imported now, not before)."""
     module, _, attr = get(name).run.partition(":")
@@ -318,7 +351,11 @@ def dvc_stages() -> dict[str, Any]:
 def dvc_yaml() -> str:
     import yaml
 
-    body = yaml.safe_dump({"stages": dvc_stages()}, sort_keys=False, width=100)
+    # vars: params.yaml is what DVC reads anyway; named, a missing params.yaml is reported as
+    # "'params.yaml' does not exist" rather than "Could not find 'data.name'".
+    body = yaml.safe_dump(
+        {"vars": ["params.yaml"], "stages": dvc_stages()}, sort_keys=False, width=100
+    )
     return DVC_HEADER + body
 
 

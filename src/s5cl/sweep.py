@@ -111,7 +111,7 @@ def summarise(table: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
     """mean and std over seeds, per method and budget."""
     grouped = table.groupby(["budget", "method"], sort=True)[list(metrics)]
     summary = grouped.agg(["mean", "std"])
-    summary["runs"] = grouped.size()
+    summary[("runs", "count")] = grouped.size()  # a full key: the columns are a MultiIndex
     return summary
 
 
@@ -129,10 +129,8 @@ def markdown(table: pd.DataFrame, metrics: tuple[str, ...], methods: list[str]) 
             row = summary.loc[(budget, method)]
             spread = {m: np.nan_to_num(row[(m, "std")]) for m in metrics}  # one seed: 0
             cells = [f"{row[(m, 'mean')]:.3f} ± {spread[m]:.3f}" for m in metrics]
-            label = budget_label(kind, budget)
-            lines.append(
-                f"| {label} | {method} | {int(row['runs'].iloc[0])} | " + " | ".join(cells) + " |"
-            )
+            label, runs = budget_label(kind, budget), int(row[("runs", "count")])
+            lines.append(f"| {label} | {method} | {runs} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

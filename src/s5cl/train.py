@@ -94,16 +94,17 @@ def train(
     data: PackedDataset,
     split: pd.DataFrame,
     live: Any,
-    resume: Resume,
+    resume: Resume | None,
 ) -> dict[str, Any]:
     """Train `objective.model` in place for the phase's steps, on the roles `split` gives the
     images of `data`; log each step to `live` (dvclive's Live, or NoLog); continue from
-    `resume`'s checkpoint if there is one and write one every `resume.every` steps. Returns the
+    `resume`'s checkpoint if there is one and write one every `resume.every` steps (None: no
+    checkpoints, read or written; the benchmark's runs). Returns the
     model's checkpoint dict: weights, the objective's state, the params, the data's classes and
     normalisation, the last step's values."""
     phase = stage.phase
     cfg, steps = phase.config(params), phase.steps_of(params)
-    saved = resume.load()  # refuse a checkpoint of another run before any work
+    saved = resume.load() if resume else None  # before any work
     device = pick_device()
     chunk = augment_chunk(device)
     kernels = pixel_kernels(params.compute.fuse_augment, device)
@@ -179,7 +180,8 @@ def train(
         except FloatingPointError as error:  # raised before the update: the model is intact
             bar.close()
             raise UserError(
-                f"{error}, so training stopped (lower {phase.section}.lr?); {resume.kept()}"
+                f"{error}, so training stopped (lower {phase.section}.lr?); "
+                + (resume.kept() if resume else "no checkpoints")
             ) from None
 
         parts["train_acc"] = float((logits.argmax(1) == y_l).float().mean())
@@ -191,7 +193,7 @@ def train(
         log_entry(live, history[-1])
         bar.set_postfix(loss=f"{parts['loss']:.3f}", val_acc=f"{val_acc:.3f}")
 
-        if resume.due(step + 1, steps):
+        if resume is not None and resume.due(step + 1, steps):
             rng = distributed.gather_objects(rng_states(gen))  # every rank's, for an exact resume
             if main:
                 resume.save(

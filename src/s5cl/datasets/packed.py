@@ -6,12 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from s5cl.datasets.prepare import IMAGES, INDEX, STATS
 from s5cl.errors import UserError
-from s5cl.io import read_json
+from s5cl.io import read_input, read_json, read_parquet, rerun_hint
 
 
 @dataclass
@@ -24,11 +23,27 @@ class PackedDataset:
 
     @classmethod
     def open(cls, folder: Path) -> PackedDataset:
-        if not (folder / STATS).exists():
-            raise UserError(f"{folder}: no packed dataset here; run the prepare stage first")
+        """The packed dataset in `folder`; a missing, truncated or foreign file of it is one
+        line naming the file and the stage to rerun (prepare)."""
+        if not folder.is_dir():
+            raise UserError(f"{folder}: no packed dataset here; {rerun_hint(folder / STATS)}")
         stats = read_json(folder / STATS)
-        images = np.memmap(folder / IMAGES, np.uint8, "r", shape=tuple(stats["shape"]))
-        labels = pd.read_parquet(folder / INDEX, columns=["label"])["label"].to_numpy()
+        shape = tuple(stats["shape"])
+        expected = int(np.prod(shape))
+        found = read_input(folder / IMAGES, lambda p: p.stat().st_size, "image file")
+        if found != expected:
+            raise UserError(
+                f"{folder / IMAGES}: {found:,} bytes, {expected:,} expected for "
+                f"{shape[0]:,} images of {shape[1]}x{shape[2]} (truncated or replaced?); "
+                f"{rerun_hint(folder / IMAGES)}"
+            )
+        labels = read_parquet(folder / INDEX, columns=["label"])["label"].to_numpy()
+        if len(labels) != shape[0]:
+            raise UserError(
+                f"{folder / INDEX}: {len(labels):,} rows for {shape[0]:,} images; "
+                f"{rerun_hint(folder / INDEX)}"
+            )
+        images = np.memmap(folder / IMAGES, np.uint8, "r", shape=shape)
         return cls(images, labels, stats["class_names"], stats["mean"], stats["std"])
 
     @property

@@ -11,23 +11,25 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from collections import deque
 from collections.abc import Iterator
+from contextlib import closing
 from multiprocessing import Pool
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from s5cl.datasets.fetch import md5_bytes
 from s5cl.datasets.npz import iter_rows
 from s5cl.datasets.registry import MANIFEST
 from s5cl.errors import UserError
-from s5cl.io import atomic_dir, write_json
+from s5cl.io import atomic_dir, read_parquet, write_json
 
 IMAGES = "images.u8"
 INDEX = "index.parquet"
@@ -35,9 +37,11 @@ STATS = "stats.json"
 SKIPPED = "skipped.csv"  # files left out with data.on_bad_image: skip, and why
 CHUNK = 64  # images per task sent to a decoding process
 
-# 8-bit modes PIL converts to RGB faithfully; 16-bit, 32-bit and float images are refused, as
-# convert("RGB") would clip them to a mostly white image without a word.
-EIGHT_BIT_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr"}
+# 8-bit modes PIL converts to RGB faithfully. Deeper ones (16-bit, 32-bit, float) are refused,
+# as convert("RGB") would clip them to a mostly white image without a word; so are 8-bit colour
+# spaces PIL cannot convert without a colour profile (LAB, HSV).
+EIGHT_BIT_MODES = {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"}
+DEEP_MODES = ("I", "F")  # and every "I;16..." mode
 MIN_SIDE = 8  # pixels: anything smaller is not an image tile (an icon, a placeholder)
 MAX_ASPECT = 2.0  # a longer side beyond this times the shorter one would be squashed by resizing
 
@@ -51,7 +55,11 @@ class Decoded(NamedTuple):
 
 
 def to_rgb(image: Image.Image, size: int) -> np.ndarray:
-    """Any 8-bit PIL image (grayscale, RGBA, palette, RGB) -> size x size x 3 uint8, bilinear."""
+    """Any 8-bit PIL image -> size x size x 3 uint8, bilinear; transparency is composited on
+    white (the slide background; a transparent pixel has no colour of its own)."""
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in image.info:
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
     image = image.convert("RGB")
     if image.size != (size, size):
         image = image.resize((size, size), Image.Resampling.BILINEAR)
@@ -61,8 +69,12 @@ def to_rgb(image: Image.Image, size: int) -> np.ndarray:
 def image_problem(image: Image.Image) -> str | None:
     """Why an image that opened fine is still not one to train on, or None."""
     width, height = image.size
-    if image.mode not in EIGHT_BIT_MODES:
+    if image.mode.startswith("I;16") or image.mode in DEEP_MODES:
         return f"pixel mode {image.mode} (16-bit, 32-bit or float): expected an 8-bit image"
+    if image.mode not in EIGHT_BIT_MODES:
+        return (
+            f"pixel mode {image.mode}: a colour space PIL does not convert to RGB; save it as RGB"
+        )
     if min(width, height) < MIN_SIDE:
         return f"{width}x{height} pixels, smaller than {MIN_SIDE} a side"
     if max(width, height) > MAX_ASPECT * min(width, height):
@@ -70,23 +82,39 @@ def image_problem(image: Image.Image) -> str | None:
     return None
 
 
-def decode_file(path: str, size: int) -> Decoded:
-    """An image file -> Decoded; a file that is not a usable image comes back with `problem`."""
+def decode_file(path: str, size: int, missing: str = "rerun download") -> Decoded:
+    """An image file -> Decoded; a file that is not a usable image comes back with `problem`.
+    An unreadable file is an error whose fix is `missing`."""
     try:
         raw = Path(path).read_bytes()
     except OSError as error:
-        raise UserError(f"{path}: cannot read ({error.strerror}); rerun download") from None
+        raise UserError(f"{path}: cannot read ({error.strerror}); {missing}") from None
     digest = md5_bytes(raw)
     if not raw:
         return Decoded(None, digest, "empty file (0 bytes)", 0, 0)
     try:
-        with Image.open(io.BytesIO(raw)) as opened:
-            problem = image_problem(opened)
-            width, height = opened.size
-            if problem is not None:
-                return Decoded(None, digest, problem, width, height)
-            opened.load()
-            return Decoded(to_rgb(opened, size), digest, None, width, height)
+        with warnings.catch_warnings():  # over MAX_IMAGE_PIXELS: a warning, unless made an error
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(raw)) as opened:
+                problem = image_problem(opened)
+                width, height = opened.size
+                if problem is not None:
+                    return Decoded(None, digest, problem, width, height)
+                opened.load()
+                turned = ImageOps.exif_transpose(opened)  # as every viewer shows it
+                width, height = turned.size
+                return Decoded(to_rgb(turned, size), digest, None, width, height)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        pixels = re.search(r"\((\d+) pixels\)", str(error))
+        pixels = f"{int(pixels.group(1)):,}" if pixels else "too many"
+        return Decoded(
+            None,
+            digest,
+            f"{pixels} pixels, over PIL's decompression-bomb limit of "
+            f"{Image.MAX_IMAGE_PIXELS:,} (a whole slide, not a tile?)",
+            0,
+            0,
+        )
     except UnidentifiedImageError:
         return Decoded(None, digest, "not an image (PIL cannot identify it)", 0, 0)
     except (OSError, ValueError, SyntaxError) as error:  # truncated or corrupt pixel data
@@ -193,9 +221,7 @@ def prepare(
     only, so a dataset's own test set never leaks into the normalisation.
     """
     manifest_path = raw_dir / MANIFEST
-    if not manifest_path.exists():
-        raise UserError(f"{manifest_path}: missing; run the download stage first")
-    manifest = pd.read_parquet(manifest_path)
+    manifest = read_parquet(manifest_path)
     workers = workers or min(os.cpu_count() or 1, 8)
     is_array = manifest["member"].to_numpy() != ""
     if is_array.all():
@@ -214,6 +240,7 @@ def prepare(
     with atomic_dir(out_dir) as tmp:
         row = 0
         with (
+            closing(chunks),  # on an error, stop the decoding processes now
             open(tmp / IMAGES, "wb") as out,
             tqdm(total=len(manifest), desc="prepare", unit="img", dynamic_ncols=True) as bar,
         ):
@@ -259,6 +286,11 @@ def prepare(
             raise UserError(
                 f"class {lost[0]} has no usable images left after skipping bad files "
                 f"(see {out_dir / SKIPPED}); remove the class or add images"
+            )
+        if len(class_names) < 2:
+            raise UserError(
+                f"{manifest_path}: one class only ({class_names[0]}); a classifier needs at "
+                "least 2 (add a class folder, or check data.root)"
             )
         if not is_array.any():
             _warn_off_size(manifest["source"], widths[kept], heights[kept])

@@ -16,6 +16,8 @@ nothing there changed since it was listed. Published class counts are checked af
 
 from __future__ import annotations
 
+import errno
+import os
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from s5cl.datasets.archive import extract_zip
+from s5cl.datasets.archive import DONE, extract_zip
 from s5cl.datasets.fetch import fetch, md5_bytes, md5_files
 from s5cl.datasets.npz import iter_rows
 from s5cl.errors import UserError
@@ -150,14 +152,76 @@ AML_MUNICH_SOURCE = (
 # ---------------------------------------------------------------- listing what is on disk
 
 
-def _files_in(folder: Path) -> list[Path]:
-    """Every file but hidden ones (.DS_Store): prepare decides what is an image, and names
-    what is not, rather than this silently passing over a file it does not expect."""
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+def _is_hidden(path: Path) -> bool:
+    return path.name.startswith(".")
+
+
+def _broken_link(path: Path) -> str | None:
+    """Why a directory entry is neither a file nor a folder one can read (None if it is one):
+    a symlink to nothing or a symlink loop. os.stat follows links, and says which."""
+    try:
+        os.stat(path)
+    except OSError as error:
+        target = os.readlink(path) if path.is_symlink() else None
+        if error.errno == errno.ELOOP:
+            return f"{path}: a symlink loop ({path.name} -> {target}); fix or remove the link"
+        if target is not None:
+            return f"{path}: a symlink to {target}, which does not exist; fix or remove the link"
+        return f"{path}: cannot read ({error.strerror}); check the file"
+    if not (path.is_file() or path.is_dir()):
+        return f"{path}: not a regular file (a socket, pipe or device); remove it"
+    return None
+
+
+@dataclass
+class Listing:
+    """What a folder dataset's tree holds, entry by entry: every file under the root ends in
+    `files` (packed, or named by prepare), in an error, or in `hidden` / `outside` (warned)."""
+
+    files: list[Path]
+    classes: list[str]
+    hidden: list[Path]  # names starting with '.' (.DS_Store, .ipynb_checkpoints): left out
+    outside: list[Path]  # files in the root, in no class folder: left out
+
+
+def _entries(folder: Path, listing: Listing) -> list[Path]:
+    """The visible entries of `folder`, sorted; hidden ones are noted; a broken link stops."""
+    visible = []
+    for path in sorted(folder.iterdir()):
+        if _is_hidden(path):
+            if path.name != DONE:  # the marker extract_zip leaves
+                listing.hidden.append(path)
+            continue
+        problem = _broken_link(path)
+        if problem is not None:
+            raise UserError(problem)
+        visible.append(path)
+    return visible
+
+
+def _class_files(class_dir: Path, recursive: bool, listing: Listing, seen: set[str]) -> list[Path]:
+    """Every file of one class folder; its subfolders are an error unless `recursive`."""
+    files = []
+    for path in _entries(class_dir, listing):
+        if path.is_file():
+            files.append(path)
+            continue
+        if not recursive:
+            inside = sum(1 for p in path.rglob("*") if not _is_hidden(p) and p.is_file())
+            raise UserError(
+                f"{path}: a folder inside a class folder ({inside} files); set data.recursive: "
+                f"true to give its images the class {class_dir.name}, or move them out"
+            )
+        real = os.path.realpath(path)
+        if real in seen:  # a link back up the tree would be walked for ever
+            raise UserError(f"{path}: a link to a folder already listed ({real}); remove it")
+        seen.add(real)
+        files += _class_files(path, recursive, listing, seen)
+    return files
 
 
 def _class_folders(root: Path) -> list[Path]:
-    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(p for p in root.iterdir() if p.is_dir() and not _is_hidden(p))
 
 
 def _descend(root: Path) -> Path:
@@ -185,27 +249,48 @@ def _frame(paths: list[Path], class_names: list[str], subsets: list[str] | str) 
     )
 
 
-def list_class_tree(root: Path, subset: str = "train") -> pd.DataFrame:
-    """`<root>/<class>/<image>` -> manifest rows (classes sorted, images sorted)."""
-    class_dirs = _class_folders(root)
+def list_class_tree(root: Path, subset: str = "train", recursive: bool = False) -> pd.DataFrame:
+    """`<root>/<class>/<image>` -> manifest rows (classes sorted, images sorted). With
+    `recursive`, images in subfolders of a class folder belong to that class."""
+    listing = Listing([], [], [], [])
+    class_dirs = []
+    for entry in _entries(root, listing):
+        (class_dirs if entry.is_dir() else listing.outside).append(entry)
     if not class_dirs:
         raise UserError(f"{root}: no class folders inside (expected <root>/<class>/<image>)")
-    paths, names = [], []
     for class_dir in class_dirs:
-        files = _files_in(class_dir)
+        files = _class_files(class_dir, recursive, listing, {os.path.realpath(class_dir)})
         if not files:
             raise UserError(f"{class_dir}: class folder is empty; remove it or add its images")
-        paths += files
-        names += [class_dir.name] * len(files)
-    return _frame(paths, names, subset)
+        listing.files += files
+        listing.classes += [class_dir.name.strip()] * len(files)
+    if listing.outside:
+        warnings.warn(
+            f"left out {len(listing.outside)} files in {root} that are in no class folder, "
+            f"e.g. {listing.outside[0].name}",
+            stacklevel=2,
+        )
+    if listing.hidden:
+        warnings.warn(
+            f"left out {len(listing.hidden)} hidden files and folders (names starting with "
+            f"'.'), e.g. {listing.hidden[0]}",
+            stacklevel=2,
+        )
+    return _frame(listing.files, listing.classes, subset)
 
 
 def list_csv(csv: Path) -> pd.DataFrame:
     """A CSV of `path,label[,subset]`; relative paths are relative to the CSV's folder."""
     try:
         table = pd.read_csv(csv, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise UserError(
+            f"{csv}: empty file; expected a header path,label[,subset] and a row per image"
+        ) from None
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as error:
         raise UserError(f"{csv}: cannot read as CSV ({error})") from None
+    table.columns = table.columns.str.strip()
+    table = table.apply(lambda column: column.str.strip())  # 'basophil ' is 'basophil'
     missing = {"path", "label"} - set(table.columns)
     if missing:
         raise UserError(
@@ -289,7 +374,7 @@ def fetch_folder(cfg: DataParams, raw: Path, downloads: Path) -> pd.DataFrame:
             f"data.root={cfg.root!r}: not a folder or a .csv "
             "(expected <root>/<class>/<image>, or a CSV of path,label)"
         )
-    return list_class_tree(root)
+    return list_class_tree(root, recursive=cfg.recursive)
 
 
 def fetch_archives(cfg: DataParams, raw: Path, downloads: Path) -> pd.DataFrame:
@@ -369,8 +454,9 @@ def fetch_aml_munich(cfg: DataParams, raw: Path, downloads: Path) -> pd.DataFram
             f"{root}: ignoring folders that are not AML classes: {', '.join(extra)}", stacklevel=2
         )
     paths, names = [], []
+    listing = Listing([], [], [], [])
     for name in sorted(AML_MUNICH_COUNTS):
-        files = _files_in(root / name)
+        files = _class_files(root / name, False, listing, set())
         paths += files
         names += [name] * len(files)
     frame = _frame(paths, names, "train")
@@ -387,9 +473,23 @@ FETCHERS: dict[str, Callable[[DataParams, Path, Path], pd.DataFrame]] = {
 }
 
 
+def check_class_names(manifest: pd.DataFrame) -> None:
+    """Two class names that differ only in case or spaces are one class typed two ways."""
+    first: dict[str, str] = {}
+    for name in sorted(manifest["class_name"].unique()):
+        key = "".join(name.split()).casefold()
+        if key in first:
+            raise UserError(
+                f"class names {first[key]!r} and {name!r} differ only in case or spaces; "
+                "use one spelling"
+            )
+        first[key] = name
+
+
 def download(cfg: DataParams, raw: Path, downloads: Path) -> pd.DataFrame:
     """Fetch (or list and verify) a dataset and write its manifest into `raw`."""
     raw.mkdir(parents=True, exist_ok=True)
     manifest = FETCHERS[cfg.name](cfg, raw, downloads / cfg.name)
+    check_class_names(manifest)
     write_parquet(raw / MANIFEST, manifest)
     return manifest

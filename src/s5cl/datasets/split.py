@@ -95,7 +95,22 @@ def make_split(
             "unlabeled",
         )
     roles[is_copy] = roles[original[is_copy]]
+    check_not_empty(roles, cfg, labels)
     return pd.DataFrame({"index": np.arange(len(labels)), "label": labels, "role": roles})
+
+
+def check_not_empty(roles: np.ndarray, cfg: SplitParams, labels: np.ndarray) -> None:
+    """An empty test set, or an empty val set that was not asked for (val_fraction: 0), would
+    leave the scores or the monitoring without a single image: an error, not a quiet nan."""
+    largest = int(np.bincount(labels).max())
+    for role, key in (("test", "test_fraction"), ("val", "val_fraction")):
+        fraction = getattr(cfg, key)
+        if fraction > 0 and not (roles == role).any():
+            raise UserError(
+                f"split.{key}={fraction}: the {role} set is empty (the largest class has "
+                f"{largest} training images, and round({fraction} x {largest}) = "
+                f"{round(fraction * largest)}); add images or raise split.{key}"
+            )
 
 
 def indices(split: pd.DataFrame, role: str) -> np.ndarray:

@@ -9,7 +9,7 @@ from s5cl import layout
 from s5cl.datasets.packed import PackedDataset
 from s5cl.device import configure
 from s5cl.errors import UserError
-from s5cl.io import load_checkpoint
+from s5cl.io import load_checkpoint, read_parquet, rerun_hint
 from s5cl.models import S5CLNet, model_from_checkpoint
 from s5cl.params import Params
 
@@ -17,9 +17,9 @@ from s5cl.params import Params
 def open_split(params: Params) -> tuple[PackedDataset, pd.DataFrame]:
     """The packed dataset and the split table that gives each of its images a role."""
     data = PackedDataset.open(layout.packed_dir(params.data.name))
-    table = pd.read_parquet(layout.SPLIT) if layout.SPLIT.exists() else None
-    if table is None or len(table) != len(data.labels):
-        raise UserError(f"{layout.SPLIT}: missing or stale for this dataset; run the split stage")
+    table = read_parquet(layout.SPLIT)
+    if len(table) != len(data.labels):
+        raise UserError(f"{layout.SPLIT}: stale for this dataset; {rerun_hint(layout.SPLIT)}")
     return data, table
 
 

@@ -34,8 +34,17 @@ def pseudolabel(params: Params) -> str:
     )
     write_parquet(layout.PSEUDO, pseudo)
     summary = pseudo_summary(pseudo)
+    # Only S5CL's retrain trains on these labels; for the other methods they are a diagnostic
+    # of the s5cl-phase model (ce and supcon see no unlabeled image, fixmatch and mpl make their
+    # own pseudo-labels online).
+    summary["used_by_retrain"] = params.method == "s5cl"
     write_json(layout.METRICS / "pseudolabel.json", summary)
-    return (
+    note = (
+        ""
+        if summary["used_by_retrain"]
+        else f"diagnostic only ({params.method}'s retrain does not use them): "
+    )
+    return note + (
         f"kept {summary['coverage']:.1%} of {summary['count']}, accuracy of kept "
         f"{summary['accuracy_kept']:.3f} (all {summary['accuracy_all']:.3f})"
     )

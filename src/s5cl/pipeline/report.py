@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
-import pandas as pd
 
 from s5cl import layout, stages
 from s5cl.datasets.split import indices
 from s5cl.device import pick_device
-from s5cl.io import atomic_path, read_json
+from s5cl.io import atomic_path, read_input, read_json, read_parquet
 from s5cl.models import embed_and_predict
 from s5cl.params import Params
 from s5cl.pipeline.common import for_inference, open_split
@@ -36,11 +37,13 @@ def report(params: Params) -> str:
             embeddings, data.labels[rows], is_labeled, data.class_names, params.seed
         ),
         "Pseudo-label accuracy and coverage against the confidence threshold": (
-            pseudo_label_curve(pd.read_parquet(layout.PSEUDO), params.pseudolabel.threshold)
+            pseudo_label_curve(read_parquet(layout.PSEUDO), params.pseudolabel.threshold)
         ),
-        "Per-class F1": (layout.PLOTS / "per_class_f1.png").read_bytes(),
+        "Per-class F1": read_input(layout.PLOTS / "per_class_f1.png", Path.read_bytes, "plot"),
         **{
-            f"Confusion matrix: {name}": (layout.PLOTS / f"confusion_{name}.png").read_bytes()
+            f"Confusion matrix: {name}": read_input(
+                layout.PLOTS / f"confusion_{name}.png", Path.read_bytes, "plot"
+            )
             for name in EVALUATED
         },
     }

@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import pandas as pd
-
 from s5cl import layout
 from s5cl.datasets.packed import PackedDataset
 from s5cl.datasets.prepare import INDEX
 from s5cl.datasets.split import make_split, originals
-from s5cl.io import write_parquet
+from s5cl.io import read_parquet, write_parquet
 from s5cl.params import Params
 
 
 def split(params: Params) -> str:
-    index = pd.read_parquet(layout.packed_dir(params.data.name) / INDEX)
     data = PackedDataset.open(layout.packed_dir(params.data.name))
+    index = read_parquet(layout.packed_dir(params.data.name) / INDEX)
     table = make_split(
         index["label"].to_numpy(),
         params.split,

@@ -7,6 +7,8 @@ torchrun each process runs this; rank 0 alone writes, and the others return no s
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import numpy as np
 import pandas as pd
 import torch
@@ -17,7 +19,7 @@ from s5cl.datasets.prepare import INDEX
 from s5cl.datasets.split import indices
 from s5cl.device import pick_device
 from s5cl.errors import UserError
-from s5cl.io import load_checkpoint, save_checkpoint
+from s5cl.io import atomic_dir, load_checkpoint, read_parquet, save_checkpoint
 from s5cl.methods import UnlabeledTargets, make_objective
 from s5cl.models import build_model, embed_and_predict, model_from_checkpoint
 from s5cl.params import Params
@@ -60,7 +62,7 @@ def unlabeled_targets(phase: stages.Phase, params: Params, split: pd.DataFrame):
         mode = "instance" if cfg.switch_step is None else "online"
         return UnlabeledTargets(mode, *weights, switch_step=cfg.switch_step)
     if phase.unlabeled == "pseudo":
-        pseudo = pd.read_parquet(layout.PSEUDO)
+        pseudo = read_parquet(layout.PSEUDO)
         if not np.array_equal(pseudo["index"].to_numpy(), indices(split, "unlabeled")):
             raise UserError(f"{layout.PSEUDO}: does not match the current split; run pseudolabel")
         return UnlabeledTargets("pseudo", *weights, pseudo=pseudo_targets(pseudo))
@@ -88,13 +90,14 @@ def _train_and_save(stage: stages.Stage, params: Params) -> str | None:
         unlabeled_targets(phase, params, split),
         teacher_state=previous and previous.get("teacher"),
     )
-    resume = Resume(
-        layout.resume_path(stage.name), params.checkpoint.every, fingerprint(stage, params)
-    )
+    resume = Resume(stage.name, params.checkpoint.every, fingerprint(stage, params))
     main = distributed.is_main()  # under torchrun, rank 0 alone logs and writes
-    live = Live(dir=str(layout.METRICS / stage.name), dvcyaml=None, save_dvc_exp=False)
-    with live if main else NoLog() as log:
-        checkpoint = train(stage, objective, params, data, split, log, resume)
+    # dvclive writes into a temporary folder that replaces metrics/<stage> when training is
+    # done: a failed or killed run leaves the last run's metrics, never half-written ones.
+    with atomic_dir(layout.METRICS / stage.name) if main else nullcontext() as folder:
+        live = Live(dir=str(folder), dvcyaml=None, save_dvc_exp=False) if main else NoLog()
+        with live as log:
+            checkpoint = train(stage, objective, params, data, split, log, resume)
     if not main:
         return None
     final, steps = checkpoint["final"], checkpoint["step"]
@@ -102,7 +105,8 @@ def _train_and_save(stage: stages.Stage, params: Params) -> str | None:
     labeled = indices(split, "labeled")
     embeddings, _ = embed_and_predict(objective.model, data, labeled, pick_device())
     packed = layout.packed_dir(params.data.name)
-    paths = pd.read_parquet(packed / INDEX, columns=["path"])["path"].to_numpy()
+    paths = read_parquet(packed / INDEX, columns=["path"])["path"].to_numpy()
+    checkpoint["run"] = resume.run  # whose resume checkpoint this model makes stale
     checkpoint["labeled"] = {
         "paths": paths[labeled].tolist(),
         "labels": data.labels[labeled].tolist(),
