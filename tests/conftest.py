@@ -65,6 +65,9 @@ TINY = {
     "s5cl.eval_every": 3,
     "retrain.steps": 3,
     "pseudolabel.threshold": 0.0,
+    # Compiling the augmentations costs ~8 s a process even from Inductor's disk cache; the
+    # fused views are tested against the eager ones (test_augment), and `make run` uses them.
+    "compute.fuse_augment": False,
 }
 
 

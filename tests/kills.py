@@ -6,9 +6,10 @@ and as a command for many kills at random moments:
     python -m tests.kills PROJECT --kills 12 --seed 0
 
 PROJECT is a project (git + DVC) whose `dvc repro` has run to the end once: its metrics are
-the reference. Each cycle forces a rerun (`dvc repro -f`), kills it at a random moment of a
-random stage, then reruns plain `dvc repro` until it succeeds; every other cycle first empties
-DVC's run cache, so that the rerun must resume the killed stage rather than restore it.
+the reference. Each cycle picks a random stage, forces it and what follows to run again
+(`dvc repro -f --downstream STAGE`), kills that at a random moment of the stage, then reruns
+plain `dvc repro` until it succeeds; every other cycle first empties DVC's run cache, so that
+the rerun must resume the killed stage rather than restore it.
 """
 
 from __future__ import annotations
@@ -127,7 +128,7 @@ def rerun_until_done(project: Path, tries: int = 3) -> tuple[str, int]:
 def cycle(project: Path, kill: Kill, reference: dict[str, bytes], run_cache: bool) -> Kill:
     if not run_cache:
         shutil.rmtree(project / ".dvc/cache/runs", ignore_errors=True)
-    if not kill_during(project, kill, ["dvc", "repro", "-f"]):
+    if not kill_during(project, kill, ["dvc", "repro", "-f", "--downstream", kill.stage]):
         kill.landed = "(ended before the kill)"
     kill.rerun, kill.attempts = rerun_until_done(project)
     now = results(project)
@@ -153,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|---|---|---|---|")
     for i in range(args.kills):
         stage = rng.choice(stages)
-        kill = Kill(stage, round(rng.uniform(0, 4 if stage in TRAINING else 1.5), 2))
+        kill = Kill(stage, round(rng.uniform(0, 2.5 if stage in TRAINING else 1.5), 2))
         cycle(args.project, kill, reference, run_cache=i % 2 == 0)
         moment = f"{kill.at} s" + (" after 1st checkpoint" if stage in TRAINING else " in")
         print(f"| {i + 1} | {stage} (landed in {kill.landed}) | {moment} | "

@@ -9,6 +9,7 @@ docs/faults.md is the user's side of this table.
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import struct
@@ -361,6 +362,11 @@ def _truncate(path: str, keep: float = 0.5) -> Callable[[Env], None]:
     return spoil
 
 
+def _random_bytes(name: str, size: int) -> Callable[[Env], None]:
+    """A file of random bytes (seeded: unpickling each other file fails in its own way)."""
+    return lambda env: (env.project / name).write_bytes(random.Random(size).randbytes(size))
+
+
 def _plain_state_dict(env: Env) -> None:
     model = torch.load("models/warmup.pt", weights_only=False)["model"]
     torch.save(model, env.project / "state.pt")
@@ -485,7 +491,7 @@ CASES = {
     ),
     # model.weights
     "weights_random_bytes": Case(
-        lambda e: (e.project / "weights.pt").write_bytes(os.urandom(4096)), "warmup",
+        _random_bytes("weights.pt", 4096), "warmup",
         tuple(sets("model.weights=weights.pt")), WEIGHTS + "not a PyTorch weights file (…)",
     ),
     "weights_other_architecture": Case(
@@ -553,7 +559,7 @@ CASES = {
         "s5cl predict: error: models/warmup.pt: not a readable model file (…); " + PREDICT_FIX,
     ),
     "predict_random_bytes_model": Case(
-        lambda e: (e.project / "random.pt").write_bytes(os.urandom(9000)), "predict",
+        _random_bytes("random.pt", 9000), "predict",
         lambda e: ("--model", "random.pt", str(e.image())),
         "s5cl predict: error: random.pt: not a readable model file (…); " + PREDICT_FIX,
     ),

@@ -63,6 +63,7 @@ class Reference:
     project: Path
     results: dict[str, bytes]  # right after the first, uninterrupted `dvc repro`
     first: str  # its output
+    said: str  # its stderr: progress bars, warnings
 
 
 @pytest.fixture(scope="module")
@@ -71,13 +72,14 @@ def reference(tmp_path_factory) -> Reference:
     project = make_project(tmp_path_factory.mktemp("reference") / "project")
     write_params(project, TINY)
     first = run(["dvc", "repro"], project)
-    return Reference(project, results(project), first.stdout)
+    return Reference(project, results(project), first.stdout, first.stderr)
 
 
 def test_dvc_repro_runs_caches_and_reruns_only_what_changed(reference):
     project = reference.project
     assert _ran(reference.first) == STAGES
     assert "evaluate: warmup acc" in reference.first  # the one-line stage summaries
+    assert "No CUDA runtime" not in reference.said  # Inductor's, alarming on a laptop
     _check_outputs(project)
 
     second = run(["dvc", "repro"], project)
@@ -161,6 +163,7 @@ def test_snakemake_passes_every_override_to_every_stage(project):
     sets = ["-S", "method=ce", "-S", "s5cl.tau_u=0.5", "-S", "evaluate.knn_k=3"]
     ran = run(["dvc", "exp", "run", *sets], project)  # checkpoint.every stays 1 here
     assert _ran(ran.stdout) == STAGES
+    assert "pseudolabel: diagnostic only (ce's retrain does not use them): kept" in ran.stdout
     assert (project / "metrics/evaluate.json").read_bytes() == by_snakemake
 
     # checkpoint.every: 0 reaches the training stage: a failed run leaves no checkpoint.
@@ -218,6 +221,10 @@ def test_a_user_mistake_is_one_line_not_a_traceback(project):
         "split: error: bad parameter: split.labels_per_class = 0: "
         "Input should be greater than or equal to 1"
     ]
+    (project / "params.yaml").rename(project / "kept.yaml")
+    without = run(["dvc", "repro"], project, check=False)
+    assert "failed to parse 'vars' in 'dvc.yaml': 'params.yaml' does not exist" in without.stderr
+    (project / "kept.yaml").rename(project / "params.yaml")
     missing = run(["python", "stages/prepare.py"], project, check=False)
     assert missing.returncode == 2
     assert missing.stderr.strip().splitlines()[-1] == (

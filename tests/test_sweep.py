@@ -39,6 +39,7 @@ def test_snakemake_sweep_runs_each_method_budget_and_seed_once_then_aggregates(p
     summary = (project / "results/summary.md").read_text()
     assert "| 2 | ce | 2 |" in summary and "| 2 | mpl | 2 |" in summary
     assert (project / "results/budget_curve.png").stat().st_size > 10_000
+    assert "Warning" not in (project / "logs/sweep/aggregate.log").read_text()  # pandas' too
     for method, seed in (("ce", 0), ("mpl", 1)):
         folder = project / f"results/sweep/{method}/2/{seed}"
         assert (folder / "models/final.pt").exists()

@@ -206,7 +206,7 @@ def load_checkpoint(path: str | Path, hint: str | None = None) -> dict[str, Any]
         raise UserError(f"{path}: model file missing; {fix}")
     try:
         content = torch.load(path, map_location="cpu", weights_only=False)
-    except UNREADABLE as error:
+    except Exception as error:  # unpickling other bytes raises almost anything
         reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
         raise UserError(f"{path}: not a readable model file ({reason}); {fix}") from None
     if not isinstance(content, dict) or not all(key in content for key in MODEL_KEYS):

@@ -32,7 +32,7 @@ import torch
 from s5cl import distributed, layout, stages
 from s5cl.datasets.fetch import md5_file
 from s5cl.datasets.prepare import INDEX, STATS
-from s5cl.io import UNREADABLE, save_checkpoint
+from s5cl.io import save_checkpoint
 from s5cl.params import Params, values_of
 
 
@@ -100,8 +100,8 @@ def remove_finished() -> None:
         try:
             finished = torch.load(model, map_location="cpu", weights_only=False, mmap=True)
             finished = finished.get("run") if isinstance(finished, dict) else None
-        except UNREADABLE:
-            continue  # the stage that reads it will say so
+        except Exception:  # any unreadable file: the stage that reads it will say what it is
+            continue
         for path in leftovers:
             if finished is not None and path == layout.resume_path(stage, finished):
                 path.unlink(missing_ok=True)
@@ -137,7 +137,7 @@ class Resume:
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=False)
             same = state["fingerprint"] == self.fingerprint
-        except (*UNREADABLE, TypeError) as error:  # written atomically, so this is rare
+        except Exception as error:  # written atomically, so this is rare
             self.path.unlink(missing_ok=True)
             _note(f"removed {self.path}: unreadable ({error}); the stage starts over")
             return None
