@@ -100,11 +100,11 @@ def kill_during(project: Path, kill: Kill, command: list[str], timeout: float = 
 
 
 def summarise_rerun(output: str) -> str:
-    """'warmup resumed at step 2; s5cl restored from the run cache; ...' from dvc's output."""
+    """'warmup resumed at step 2; s5cl restored from DVC's cache; ...' from dvc's output."""
     resumed = re.findall(r"(\w+): resuming from \S+ at step (\d+)", output)
     parts = [f"{stage} resumed at step {step}" for stage, step in resumed]
     cached = re.findall(r"Stage '(\w+)' is cached - skipping run", output)
-    parts += [f"{stage} restored from the run cache" for stage in cached]
+    parts += [f"{stage} restored from DVC's cache" for stage in cached]
     parts += [f"removed a checkpoint ({m})" for m in re.findall(r"note: removed (\S+)", output)]
     ran = re.findall(r"Running stage '(\w+)'", output)
     if ran:

@@ -65,6 +65,20 @@ class Interrupted(BaseException):
     """Stands for the kill in the in-process test: raised right after the first checkpoint."""
 
 
+def _stop_after_first_checkpoint(project, monkeypatch, stage: str, sets=()) -> None:
+    """Run `stage` in-process and stop it right after it writes its first checkpoint."""
+    save = Resume.save
+
+    def save_then_die(self, state):
+        save(self, state)
+        raise Interrupted
+
+    monkeypatch.setattr(Resume, "save", save_then_die)
+    with pytest.raises(Interrupted):
+        _in_process(project, monkeypatch, stage, sets=sets)
+    monkeypatch.setattr(Resume, "save", save)
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_resumes_to_the_same_bits(project, monkeypatch, method):
     """In-process, so all five methods are cheap: objectives with a teacher (MPL) or their own
@@ -75,16 +89,7 @@ def test_every_method_resumes_to_the_same_bits(project, monkeypatch, method):
     _in_process(project, monkeypatch, "s5cl", sets=sets)
     uninterrupted = _results(project, "s5cl")
 
-    save = Resume.save
-
-    def save_then_die(self, state):
-        save(self, state)
-        raise Interrupted
-
-    monkeypatch.setattr(Resume, "save", save_then_die)
-    with pytest.raises(Interrupted):
-        _in_process(project, monkeypatch, "s5cl", sets=sets)
-    monkeypatch.setattr(Resume, "save", save)
+    _stop_after_first_checkpoint(project, monkeypatch, "s5cl", sets)
     (checkpoint,) = _checkpoints(project, "s5cl")
     assert torch.load(checkpoint, weights_only=False)["step"] == 4
 
@@ -114,20 +119,11 @@ def test_nan_stops_with_its_step_and_no_checkpoint_ever_blocks_a_rerun(project, 
     assert not _checkpoints(project, "warmup")
     model = (project / "models/warmup.pt").read_bytes()
 
-    # DVC restores a stage's output from its run cache after a kill, so the stage never runs
+    # DVC restores a stage's output from its cache after a kill, so the stage never runs
     # to remove the killed run's checkpoint: the next stage that runs removes it.
-    save = Resume.save
-
-    def save_then_die(self, state):
-        save(self, state)
-        raise Interrupted
-
-    monkeypatch.setattr(Resume, "save", save_then_die)
-    with pytest.raises(Interrupted):
-        _in_process(project, monkeypatch, "warmup")
-    monkeypatch.setattr(Resume, "save", save)
+    _stop_after_first_checkpoint(project, monkeypatch, "warmup")
     (left,) = _checkpoints(project, "warmup")
-    (project / "models/warmup.pt").write_bytes(model)  # what DVC's run cache restores
+    (project / "models/warmup.pt").write_bytes(model)  # what DVC's cache restores
     later = _stage(project, "split")
     assert f"note: removed {left.relative_to(project)}: models/warmup.pt of the same run" in (
         later.stderr

@@ -27,7 +27,7 @@ def _processes() -> tuple[int, str]:
 
 def remove_what_kills_left(name: str, dataset: str) -> None:
     """A SIGKILL skips every `finally`: it can leave a temporary file beside an output and a
-    resume checkpoint whose run's model DVC then restored from its run cache (so its stage never
+    resume checkpoint whose run's model DVC then restored from its cache (so its stage never
     ran to delete either). The stages upstream of `name` are done, so what their writers left
     is stale: delete it, and the checkpoints whose run's model is in place."""
     for before in stages.upstream(name):

@@ -72,27 +72,45 @@ def remove_leftovers(path: Path) -> None:
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds.
-    The file gets the umask's mode (mkstemp's 0600 would survive the rename)."""
-    path = Path(path)
+def named_if_refused(path: Path) -> Iterator[None]:
+    """A write to `path` inside the block that the file system refuses is one line naming
+    `path`; any other error goes on as it is."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        remove_leftovers(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-    except OSError as error:
-        raise cannot_write(path, error) from None
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.chmod(tmp_path, 0o666 & ~umask())
-        os.replace(tmp_path, path)
+        yield
     except (OSError, RuntimeError) as error:
         refused = refused_write(error)
         if refused is None:
             raise
         raise cannot_write(path, refused) from None
+
+
+def _new_sibling(path: Path, folder: bool) -> Path:
+    """A new temporary file (or `folder`) beside `path`, once what a killed writer of `path`
+    left there is gone; any failure names `path`."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        remove_leftovers(path)
+        where = {"prefix": f".{path.name}.", "suffix": ".tmp", "dir": path.parent}
+        if folder:
+            return Path(tempfile.mkdtemp(**where))
+        fd, name = tempfile.mkstemp(**where)
+        os.close(fd)
+        return Path(name)
+    except OSError as error:
+        raise cannot_write(path, error) from None
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds.
+    The file gets the umask's mode (mkstemp's 0600 would survive the rename)."""
+    path = Path(path)
+    tmp_path = _new_sibling(path, folder=False)
+    try:
+        with named_if_refused(path):
+            yield tmp_path
+            os.chmod(tmp_path, 0o666 & ~umask())
+            os.replace(tmp_path, path)
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -102,23 +120,14 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling folder; it replaces `path` whole if the block succeeds. The
     folder gets the umask's mode (mkdtemp's 0700 would survive the rename)."""
     path = Path(path)
+    tmp = _new_sibling(path, folder=True)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        remove_leftovers(path)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    except OSError as error:
-        raise cannot_write(path, error) from None
-    try:
-        yield tmp
-        os.chmod(tmp, 0o777 & ~umask())
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as error:
-        refused = refused_write(error)
-        if refused is None:
-            raise
-        raise cannot_write(path, refused) from None
+        with named_if_refused(path):
+            yield tmp
+            os.chmod(tmp, 0o777 & ~umask())
+            if path.exists():
+                shutil.rmtree(path)
+            os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -144,6 +153,12 @@ def rerun_hint(path: str | Path) -> str:
     return f"rerun the {writer.name} stage (dvc repro, or python {writer.script})"
 
 
+def first_line(error: BaseException, limit: int = 160) -> str:
+    """A library's error for a one-line message: its first line, cut, or its type's name."""
+    text = str(error)
+    return text.splitlines()[0][:limit] if text else type(error).__name__
+
+
 # Errors a reader raises on a missing, truncated or foreign file (pyarrow's are ValueErrors).
 UNREADABLE = (OSError, ValueError, EOFError, RuntimeError, KeyError, pickle.UnpicklingError)
 
@@ -157,8 +172,9 @@ def read_input(path: str | Path, read: Callable[[Path], T], what: str = "file") 
     try:
         return read(path)
     except UNREADABLE as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UserError(f"{path}: unreadable {what} ({reason[:200]}); {rerun_hint(path)}") from None
+        raise UserError(
+            f"{path}: unreadable {what} ({first_line(error, 200)}); {rerun_hint(path)}"
+        ) from None
 
 
 def read_json(path: str | Path) -> Any:
@@ -207,8 +223,7 @@ def load_checkpoint(path: str | Path, hint: str | None = None) -> dict[str, Any]
     try:
         content = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as error:  # unpickling other bytes raises almost anything
-        reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
-        raise UserError(f"{path}: not a readable model file ({reason}); {fix}") from None
+        raise UserError(f"{path}: not a readable model file ({first_line(error)}); {fix}") from None
     if not isinstance(content, dict) or not all(key in content for key in MODEL_KEYS):
         raise UserError(
             f"{path}: {describe_checkpoint(content)}, not a model file of this project "

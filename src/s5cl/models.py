@@ -13,7 +13,7 @@ from torchvision.models import ResNet18_Weights, resnet18
 from s5cl.augment import normalize, to_float
 from s5cl.datasets.packed import PackedDataset
 from s5cl.errors import UserError
-from s5cl.io import describe_checkpoint
+from s5cl.io import describe_checkpoint, first_line
 from s5cl.params import ModelParams
 
 WRAPPERS = ("state_dict", "model")  # keys a training script often nests its state dict in
@@ -35,8 +35,7 @@ def load_encoder_weights(encoder: nn.Module, path: Path) -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling other bytes raises almost anything
-        reason = str(error).splitlines()[0][:160] if str(error) else type(error).__name__
-        raise UserError(f"{where}: not a PyTorch weights file ({reason})") from None
+        raise UserError(f"{where}: not a PyTorch weights file ({first_line(error)})") from None
     for key in WRAPPERS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

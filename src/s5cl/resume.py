@@ -7,7 +7,7 @@ both batch streams, the metrics logged so far, and the fingerprint of what the r
 stage resumes the checkpoint of its own fingerprint and no other, and removes the others
 (they are of runs with other params or inputs, which a run never mixes in). The finished stage
 deletes its own; a checkpoint whose run's model is in place anyway (DVC restored it from its
-run cache, so the stage never ran) is removed by the next stage that runs (`remove_finished`).
+cache, so the stage never ran) is removed by the next stage that runs (`remove_finished`).
 Nothing a killed run leaves behind ever stops a rerun.
 
 The fingerprint is the params the stage depends on and the md5 of its inputs, both as its
@@ -90,7 +90,7 @@ def _note(message: str) -> None:
 
 def remove_finished() -> None:
     """Delete each resume checkpoint whose run's model is in place: DVC restored the stage's
-    output from its run cache, so the stage never ran to delete it. Cheap when there is none
+    output from its cache, so the stage never ran to delete it. Cheap when there is none
     (a glob); run before every stage."""
     for stage in stages.PHASES:
         leftovers = layout.resume_paths(stage)
