@@ -1,4 +1,4 @@
-"""Stage `evaluate`: test-set scores, confusion matrices and retrieval of all three models.
+"""Stage `evaluate`: test scores with 95% intervals, paired tests of the three models, val scores.
 
 Usage: python stages/evaluate.py [--params params.yaml] [--set section.key=value ...]
 

@@ -3,7 +3,9 @@
 import base64
 import io
 import json
+import os
 import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,11 +13,22 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 from s5cl import stages
 
-from .conftest import PBC, SHARED, TINY, make_project, needs_shared, run, write_params
+from .conftest import (
+    PBC,
+    ROOT,
+    SHARED,
+    TINY,
+    VENV_BIN,
+    make_project,
+    needs_shared,
+    run,
+    write_params,
+)
 from .kills import Kill, kill_during, leftovers, rerun_until_done, results, summarise_rerun
 
 STAGES = ["download", "prepare", "split", "warmup", "s5cl", "pseudolabel", "retrain"]
@@ -29,13 +42,26 @@ def _ran(output: str) -> list[str]:
 
 def _check_outputs(project):
     scores = json.loads((project / "metrics/evaluate.json").read_text())
-    assert set(scores) == set(MODELS)
+    assert set(scores) == {*MODELS, "comparisons", "bootstrap"}
     for model in MODELS:
         assert 0 <= scores[model]["accuracy"] <= 1
         assert {"balanced_accuracy", "macro_f1", "weighted_f1", "per_class_f1"} <= set(
             scores[model]
         )
+        for score in ("accuracy", "balanced_accuracy", "macro_f1"):
+            low, high = scores[model][f"{score}_low"], scores[model][f"{score}_high"]
+            assert low <= scores[model][score] <= high and high - low > 0.01  # not a point
+            assert 0 <= scores[model]["val"][score] <= 1
         assert (project / f"plots/confusion_{model}.png").stat().st_size > 1000
+    predictions = pd.read_csv(project / "metrics/predictions.csv")
+    assert len(predictions) == scores["bootstrap"]["test_images"] > 0
+    for first, second in (("final", "warmup"), ("final", "s5cl"), ("s5cl", "warmup")):
+        pair = scores["comparisons"][f"{first}_vs_{second}"]
+        right = {m: predictions[m] == predictions["actual"] for m in (first, second)}
+        assert pair["only_first_right"] == (right[first] & ~right[second]).sum()
+        assert pair["accuracy_diff"] == pytest.approx(right[first].mean() - right[second].mean())
+        assert pair["accuracy_diff_low"] <= pair["accuracy_diff"] <= pair["accuracy_diff_high"]
+        assert 0 < pair["mcnemar_p"] <= 1
     split = pd.read_parquet(project / "data/splits/split.parquet")
     pseudo = pd.read_parquet(project / "data/pseudo/pseudo.parquet")
     assert sorted(pseudo["index"]) == sorted(split.loc[split["role"] == "unlabeled", "index"])
@@ -54,7 +80,8 @@ def _check_report(page: Path) -> None:
         assert image.format == "PNG" and image.width > 300 and image.height > 200
         assert np.asarray(image.convert("L")).std() > 5  # drawn on, not an empty canvas
     assert 'src="http' not in text and "<script" not in text  # nothing fetched when opened
-    for heading in ("Test-set scores", "Pseudo-labels", "Params", "warmup", "final"):
+    for heading in ("Test-set scores", "Paired comparisons", "Final model − warm-up: ",
+                    "McNemar p", "Pseudo-labels", "Params", "warmup", "final"):  # fmt: skip
         assert heading in text
 
 
@@ -78,7 +105,12 @@ def reference(tmp_path_factory) -> Reference:
 def test_dvc_repro_runs_caches_and_reruns_only_what_changed(reference):
     project = reference.project
     assert _ran(reference.first) == STAGES
-    assert "evaluate: warmup acc" in reference.first  # the one-line stage summaries
+    # the one-line stage summaries; evaluate's gives each model's interval and each pair's test
+    assert re.search(
+        r"evaluate: test accuracy \(95% CI\) warmup 0\.\d{3} \[0\.\d{3}, [01]\.\d{3}\];.*"
+        r"final − warmup [+-]\d+\.\d pt \[[+-]\d+\.\d, [+-]\d+\.\d\], McNemar p = ",
+        reference.first,
+    )
     assert "No CUDA runtime" not in reference.said  # Inductor's, alarming on a laptop
     _check_outputs(project)
 
@@ -132,6 +164,53 @@ def _dry_run(project: Path, *args: str) -> list[str]:
     """The rules `snakemake` would run with these arguments, in order."""
     out = run(["snakemake", "-n", "--cores", "2", *args], project).stdout
     return [rule for rule in re.findall(r"^(?:local)?rule (\w+):", out, re.M) if rule != "all"]
+
+
+# Long enough that every phase has left its first, chaotic steps: after TINY's 3 steps, or with
+# every pseudo-label kept, the final models of two thread counts differ by 10-15 points.
+SETTLED = TINY | {
+    "warmup.steps": 60,
+    "warmup.eval_every": 60,
+    "s5cl.steps": 30,
+    "s5cl.eval_every": 30,
+    "retrain.steps": 30,
+    "pseudolabel.threshold": 0.9,
+}
+
+
+def test_one_and_two_threads_land_within_each_others_intervals(reference, tmp_path):
+    """Another thread count sums floating-point numbers in another order, so the runs are not
+    bit-identical (docs/statistics.md); they must still agree within their 95% intervals."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for dotted, value in SETTLED.items():
+        section, key = dotted.split(".")
+        params[section][key] = value
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    sweep = ["python", "-m", "s5cl.sweep", "--params", str(tmp_path / "params.yaml"), "run"]
+    sweep += ["--method", "s5cl", "--budget", "5", "--seed", "0", "--out"]
+    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
+    runs = {  # side by side: one core each
+        threads: subprocess.Popen(
+            [*sweep, str(tmp_path / f"threads-{threads}")],
+            cwd=reference.project,
+            env=env | {"OMP_NUM_THREADS": str(threads)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for threads in (1, 2)
+    }
+    for threads, process in runs.items():
+        output, _ = process.communicate()
+        assert process.returncode == 0, f"{threads} threads: {output}"
+    scores = {t: json.loads((tmp_path / f"threads-{t}/metrics/evaluate.json").read_text())
+              for t in runs}  # fmt: skip
+    for model in MODELS:
+        one, two = scores[1][model], scores[2][model]
+        for score in ("accuracy", "balanced_accuracy", "macro_f1"):
+            assert one[f"{score}_low"] <= two[score] <= one[f"{score}_high"], (model, score)
+            assert two[f"{score}_low"] <= one[score] <= two[f"{score}_high"], (model, score)
+        assert one["accuracy"] > 0.8  # settled, not chance agreeing with chance
 
 
 def test_snakemake_passes_every_override_to_every_stage(project):

@@ -95,7 +95,7 @@ def test_the_sweep_submits_each_job_with_sbatch_to_a_real_slurm_cluster(project,
     table = pd.read_csv(project / "results/summary.csv")
     assert sorted(table["method"]) == ["ce", "s5cl"] and table["accuracy"].between(0, 1).all()
     for method in ("ce", "s5cl"):
-        assert (project / f"results/sweep/{method}/2/0/models/final.pt").exists()
+        assert (project / f"results/sweep/base/{method}/2/0/models/final.pt").exists()
     print(f"\nsubmitted: {len(jobs)} jobs")
     for job_id, job in sorted(jobs.items()):
         print(

@@ -131,3 +131,17 @@ def test_split_properties(case):
         pool = (labels == label) & (subsets == "train") & ~is_copy
         got = [(roles[pool] == role).sum() for role in ("test", "val", "labeled", "unlabeled")]
         assert tuple(got) == counts
+
+
+def test_test_seed_fixes_the_test_images_and_seed_draws_the_rest(digits_labels):
+    fixed = SplitParams(test_seed=7)
+    one, two = make_split(digits_labels, fixed, seed=0), make_split(digits_labels, fixed, seed=1)
+    assert set(indices(one, "test")) == set(indices(two, "test"))
+    assert set(indices(one, "labeled")) != set(indices(two, "labeled"))
+    assert set(indices(one, "val")) != set(indices(two, "val"))
+    other = make_split(digits_labels, SplitParams(test_seed=8), seed=0)
+    assert set(indices(one, "test")) != set(indices(other, "test"))
+    # unset, the test images are drawn from `seed` with the rest, as before test_seed existed
+    plain = make_split(digits_labels, SplitParams(), seed=0)
+    assert set(indices(plain, "test")) != set(indices(one, "test"))
+    assert (plain["role"] == make_split(digits_labels, SplitParams(), seed=0)["role"]).all()

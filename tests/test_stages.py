@@ -116,7 +116,7 @@ def test_a_new_stage_is_one_table_entry_and_its_function(project):
 
     repro = in_copy("dvc", "repro", "toy")
     assert repro.returncode == 0, repro.stdout + repro.stderr
-    assert "toy: 10 classes, 50 labeled" in repro.stdout
+    assert "toy: 10 classes, 20 labeled" in repro.stdout
     assert "Running stage 'warmup'" not in repro.stdout  # only what toy needs
     assert json.loads((project / "metrics/toy.json").read_text())["3"] == 5
 

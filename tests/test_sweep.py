@@ -2,10 +2,13 @@
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
+from s5cl.errors import UserError
 from s5cl.params import validate
 
 from .conftest import ROOT, TINY, run
@@ -21,9 +24,14 @@ def _overlay(overrides: dict) -> dict:
     return tree
 
 
-def test_snakemake_sweep_runs_each_method_budget_and_seed_once_then_aggregates(project):
+def test_snakemake_sweep_runs_each_variant_method_budget_and_seed_once_then_compares(project):
     config = _overlay(TINY) | {
-        "sweep": {"methods": ["ce", "mpl"], "budgets": [2], "seeds": [0, 1]},
+        "sweep": {
+            "variants": {"base": {}, "longer": {"retrain.steps": 5, "methods": ["mpl"]}},
+            "methods": ["ce", "mpl"],
+            "budgets": [2],
+            "seeds": [0, 1],
+        },
         "resources": {"rules": {"sweep_run": {"cpus": 1}}},
     }
     (project / "tiny.yaml").write_text(yaml.safe_dump(config))
@@ -31,21 +39,77 @@ def test_snakemake_sweep_runs_each_method_budget_and_seed_once_then_aggregates(p
     run(sweep, project)
 
     table = pd.read_csv(project / "results/summary.csv")
-    assert sorted(zip(table["method"], table["seed"], strict=True)) == [
-        ("ce", 0), ("ce", 1), ("mpl", 0), ("mpl", 1),
+    assert sorted(zip(table["variant"], table["method"], table["seed"], strict=True)) == [
+        ("base", "ce", 0), ("base", "ce", 1), ("base", "mpl", 0), ("base", "mpl", 1),
+        ("longer", "mpl", 0), ("longer", "mpl", 1),
     ]  # fmt: skip
     assert (table["budget"] == 2).all() and table["accuracy"].between(0, 1).all()
     assert {"macro_f1", "weighted_f1", "knn_accuracy", "precision_at_k"} <= set(table.columns)
+    assert {"val_accuracy", "warmup_val_accuracy", "s5cl_phase_val_macro_f1"} <= set(table)
+    for variant, retrain_steps in (("base", 3), ("longer", 5)):
+        folder = project / f"results/sweep/{variant}/mpl/2/1"
+        trained = torch.load(folder / "models/final.pt", weights_only=False)["params"]
+        assert trained["retrain"]["steps"] == retrain_steps  # the variant's setting ran
+    _check_comparisons(project, table)
+
     summary = (project / "results/summary.md").read_text()
-    assert "| 2 | ce | 2 |" in summary and "| 2 | mpl | 2 |" in summary
+    assert "| base | 2 | ce | 2 |" in summary and "| longer | 2 | mpl | 2 |" in summary
+    assert "with 2 seeds, no distribution-free test over seeds can reach p < 0.05" in summary
     assert (project / "results/budget_curve.png").stat().st_size > 10_000
     assert "Warning" not in (project / "logs/sweep/aggregate.log").read_text()  # pandas' too
-    for method, seed in (("ce", 0), ("mpl", 1)):
-        folder = project / f"results/sweep/{method}/2/{seed}"
-        assert (folder / "models/final.pt").exists()
-        assert (project / f"logs/sweep/{method}/2/{seed}.log").read_text().count("evaluate:") == 1
+    for variant, method, seed in (("base", "ce", 0), ("longer", "mpl", 1)):
+        assert (project / f"results/sweep/{variant}/{method}/2/{seed}/models/final.pt").exists()
+        log = project / f"logs/sweep/{variant}/{method}/2/{seed}.log"
+        assert log.read_text().count("evaluate:") == 1
     again = run(sweep, project)
     assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def _check_comparisons(project: Path, table: pd.DataFrame) -> None:
+    """comparisons.csv against the runs' own outputs: the seed-by-seed differences from
+    summary.csv, the pooled McNemar counts from each run's predictions.csv."""
+    compared = pd.read_csv(project / "results/comparisons.csv")
+    pairs = set(zip(compared["variant"], compared["method"], compared["against"], strict=True))
+    assert pairs == {
+        ("base", "ce", "own warm-up"), ("base", "mpl", "ce"), ("base", "mpl", "own warm-up"),
+        ("longer", "mpl", "ce (base)"), ("longer", "mpl", "mpl (base)"),
+        ("longer", "mpl", "own warm-up"),
+    }  # fmt: skip
+    cell = table.set_index(["variant", "method", "seed"])
+    row = compared.set_index(["variant", "method", "against"]).loc[("longer", "mpl", "ce (base)")]
+    diffs = [cell.loc[("longer", "mpl", s), "accuracy"] - cell.loc[("base", "ce", s), "accuracy"]
+             for s in (0, 1)]  # fmt: skip
+    assert row["test_n"] == 2 and row["test_diff"] == pytest.approx(np.mean(diffs))
+    assert row["test_sign_flip_p"] >= 0.5  # two seeds: 2/2^2 is the smallest it can be
+    b = c = 0
+    for seed in (0, 1):
+        runs = project / "results/sweep"
+        mpl = pd.read_csv(runs / f"longer/mpl/2/{seed}/metrics/predictions.csv")
+        ce = pd.read_csv(runs / f"base/ce/2/{seed}/metrics/predictions.csv")
+        assert (mpl["image"] == ce["image"]).all()  # the same seed: the same test images
+        mpl_right, ce_right = mpl["final"] == mpl["actual"], ce["final"] == ce["actual"]
+        b += (mpl_right & ~ce_right).sum()
+        c += (~mpl_right & ce_right).sum()
+    assert (row["pooled_only_first_right"], row["pooled_only_second_right"]) == (b, c)
+    own = compared.set_index(["variant", "method", "against"]).loc[("base", "ce", "own warm-up")]
+    gain = cell.loc[("base", "ce"), "accuracy"] - cell.loc[("base", "ce"), "warmup_accuracy"]
+    assert own["test_diff"] == pytest.approx(gain.mean())
+    val_gain = (
+        cell.loc[("base", "ce"), "val_accuracy"] - cell.loc[("base", "ce"), "warmup_val_accuracy"]
+    )
+    assert own["val_diff"] == pytest.approx(val_gain.mean())
+
+
+def test_a_variant_that_changes_the_dataset_or_the_sweep_is_refused():
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for bad, message in (
+        ({"x": {"data.size": 64}}, "share one packed dataset"),
+        ({"x": {"sweep.seeds": [1]}}, "give section.key"),
+        ({"x": {"tau_u": 0.5}}, "give section.key"),
+        ({"x": {"methods": ["sgd"]}}, "not methods"),
+    ):
+        with pytest.raises(UserError, match=message):
+            validate(params | {"sweep": params["sweep"] | {"variants": bad}})
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)

@@ -109,8 +109,13 @@ class SplitParams(Section):
         lt=1,
         description="per class, for monitoring and tuning; ignored when the dataset has its own",
     )
+    test_seed: int | None = Field(
+        None,
+        description="draw the test images from this seed, not from `seed`: every seed of a "
+        "sweep is then scored on the same images, which no choice of settings reads (null: seed)",
+    )
     labels_per_class: int | None = Field(
-        5, ge=1, description="the label budget; or null and set label_fraction"
+        2, ge=1, description="the label budget; or null and set label_fraction"
     )
     label_fraction: float | None = Field(
         None, gt=0, le=1, description="the label budget as a fraction of each class's pool"
@@ -282,15 +287,64 @@ class SweepParams(Section):
     methods: list[Method] = Field(
         ["ce", "supcon", "fixmatch", "mpl", "s5cl"], min_length=1, description="methods compared"
     )
+    variants: dict[str, dict[str, Any]] = Field(
+        {},
+        description="named settings compared over the same seeds: each maps section.key to a "
+        "value (every run of it gets them as --set), and `methods` to the methods it runs "
+        "(default: sweep.methods); the first is what the others are compared with; none: one "
+        "variant, `base`, with the params as they are",
+    )
     budget: Literal["labels_per_class", "label_fraction"] = Field(
         "labels_per_class", description="which split key the budgets set"
     )
-    budgets: list[float] = Field([5], min_length=1, description="label budgets to compare")
+    budgets: list[float] = Field([2], min_length=1, description="label budgets to compare")
     seeds: list[int] = Field([0], min_length=1, description="seeds of each method and budget")
     metric: Metric = Field("accuracy", description="the figure's metric; the tables have all")
     reference: dict[str, dict[float, float]] | None = Field(
         None, description="published figures per method and budget, drawn dashed"
     )
+
+    @model_validator(mode="after")
+    def _variants_are_overrides(self) -> SweepParams:
+        for name, overrides in self.variants.items():
+            if not name.replace("-", "").replace("_", "").isalnum():
+                raise ValueError(f"sweep.variants: {name!r}: use letters, digits, - and _")
+            for key, value in overrides.items():
+                if key == "methods":
+                    unknown = set(value) - set(typing.get_args(Method))
+                    if unknown or not value:
+                        raise ValueError(f"sweep.variants.{name}.methods: {value}: not methods")
+                elif key.count(".") != 1 or key.split(".")[0] in ("sweep", "resources"):
+                    raise ValueError(
+                        f"sweep.variants.{name}: {key!r}: give section.key of a stage's param"
+                    )
+                elif key.startswith("data."):
+                    raise ValueError(
+                        f"sweep.variants.{name}: {key}: the runs of a sweep share one packed "
+                        "dataset; run one sweep per dataset or image size"
+                    )
+        return self
+
+    def variant_names(self) -> list[str]:
+        """The variants in order; `base` alone where none are given."""
+        return list(self.variants) or ["base"]
+
+    def _variant(self, name: str) -> dict[str, Any]:
+        if name not in self.variant_names():
+            raise UserError(f"variant {name!r}: not in sweep.variants {self.variant_names()}")
+        return self.variants.get(name, {})
+
+    def methods_of(self, variant: str) -> list[str]:
+        """The methods a variant runs: its own `methods`, else sweep.methods."""
+        return list(self._variant(variant).get("methods", self.methods))
+
+    def sets_of(self, variant: str) -> list[str]:
+        """A variant's overrides as --set strings (values in JSON, which YAML reads back)."""
+        return [
+            f"{key}={json.dumps(value)}"
+            for key, value in self._variant(variant).items()
+            if key != "methods"
+        ]
 
     @model_validator(mode="after")
     def _budgets_fit_kind(self) -> SweepParams:
@@ -578,7 +632,10 @@ def _rows(prefix: str, fields: dict[str, Any]) -> list[str]:
         if isinstance(default, BaseModel):
             default = default.model_dump(mode="json", exclude_none=True)
         elif isinstance(default, dict):
-            default = {k: v.model_dump(exclude_none=True) for k, v in default.items()}
+            default = {
+                k: v.model_dump(exclude_none=True) if isinstance(v, BaseModel) else v
+                for k, v in default.items()
+            }
         shown = json.dumps(default) if not isinstance(default, str) else default
         kind = _type_name(field.annotation)
         limits = _limits(field)

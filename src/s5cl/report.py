@@ -124,12 +124,61 @@ def _img(data: bytes, alt: str) -> str:
 
 
 def _scores_table(scores: dict[str, dict]) -> str:
+    """One row per model; a score with a bootstrap interval shows it under the value."""
     head = "".join(f"<th>{s.replace('_', ' ')}</th>" for s in SCORES)
+
+    def cell(result: dict, score: str) -> str:
+        if f"{score}_low" not in result:
+            return f"<td>{result[score]:.3f}</td>"
+        low, high = result[f"{score}_low"], result[f"{score}_high"]
+        return f"<td>{result[score]:.3f}<br><small>[{low:.3f}, {high:.3f}]</small></td>"
+
     rows = "".join(
-        f"<tr><td>{model}</td>" + "".join(f"<td>{result[s]:.3f}</td>" for s in SCORES) + "</tr>"
+        f"<tr><td>{model}</td>" + "".join(cell(result, s) for s in SCORES) + "</tr>"
         for model, result in scores.items()
     )
     return f"<table><tr><th>model</th>{head}</tr>{rows}</table>"
+
+
+def _comparisons_table(comparisons: dict[str, dict]) -> str:
+    """One row per paired comparison: the differences in points with their intervals, and
+    McNemar's exact test on the test images where the two models disagree."""
+    head = "".join(f"<th>Δ {s.replace('_', ' ')} (points)</th>" for s in ("accuracy", "macro_f1"))
+    rows = []
+    for name, pair in comparisons.items():
+        first, second = name.split("_vs_")
+        diffs = "".join(
+            f"<td>{100 * pair[f'{s}_diff']:+.1f} [{100 * pair[f'{s}_diff_low']:+.1f}, "
+            f"{100 * pair[f'{s}_diff_high']:+.1f}]</td>"
+            for s in ("accuracy", "macro_f1")
+        )
+        rows.append(
+            f"<tr><td>{first} − {second}</td>{diffs}<td>{pair['only_first_right']} / "
+            f"{pair['only_second_right']}</td><td>{pair['mcnemar_p']:.2g}</td></tr>"
+        )
+    return (
+        f"<table><tr><th>comparison</th>{head}<th>images only the first / only the second got "
+        f"right</th><th>McNemar p</th></tr>{''.join(rows)}</table>"
+    )
+
+
+def headline(scores: dict[str, dict]) -> str:
+    """What the run shows, as a difference with its interval: the final model against its own
+    warm-up, and whether the interval excludes no difference."""
+    pair = scores["comparisons"]["final_vs_warmup"]
+    diff, low, high = (100 * pair[k] for k in ("accuracy_diff", "accuracy_diff_low",
+                                               "accuracy_diff_high"))  # fmt: skip
+    level = round(100 * scores["bootstrap"]["level"])
+    verdict = (
+        "the interval excludes no difference"
+        if low > 0 or high < 0
+        else "the interval includes no difference: on this test set the gain is not established"
+    )
+    return (
+        f"Final model − warm-up: {diff:+.1f} accuracy points, {level}% CI [{low:+.1f}, "
+        f"{high:+.1f}] over {scores['bootstrap']['test_images']} test images, McNemar p = "
+        f"{pair['mcnemar_p']:.2g}; {verdict}."
+    )
 
 
 def render(
@@ -139,7 +188,9 @@ def render(
     pseudo_summary: dict,
     figures: dict[str, bytes],
 ) -> str:
-    """The page. `figures`: caption -> PNG bytes, shown in order."""
+    """The page. `scores`: evaluate.json; `figures`: caption -> PNG bytes, shown in order."""
+    models = {name: result for name, result in scores.items() if "accuracy" in result}
+    level = round(100 * scores["bootstrap"]["level"])
     pseudo = ", ".join(
         f"{key.replace('_', ' ')} {value:.3f}" if isinstance(value, float) else f"{key} {value}"
         for key, value in pseudo_summary.items()
@@ -159,7 +210,9 @@ figure img {{ max-width: 100% }} figcaption {{ font-size: 0.9em; color: #555 }}
 pre {{ background: #f6f6f6; padding: 1em; font-size: 0.8em; max-height: 24em; overflow: auto }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
-<h2>Test-set scores</h2>{_scores_table(scores)}
+<p><strong>{html.escape(headline(scores))}</strong></p>
+<h2>Test-set scores, with {level}% bootstrap intervals</h2>{_scores_table(models)}
+<h2>Paired comparisons on the test images</h2>{_comparisons_table(scores["comparisons"])}
 <p>Pseudo-labels: {html.escape(pseudo)}</p>
 <h2>Figures</h2>{blocks}
 <h2>Params</h2><pre>{html.escape(yaml.safe_dump(params, sort_keys=False))}</pre>

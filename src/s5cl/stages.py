@@ -190,7 +190,7 @@ STAGES: tuple[Stage, ...] = (
     Stage(
         name="evaluate",
         run="s5cl.pipeline.evaluate:evaluate",
-        doc="test-set scores, confusion matrices and retrieval of all three models",
+        doc="test scores with 95% intervals, paired tests of the three models, val scores",
         deps=(PACKED, SPLIT, *MODELS),
         outs=(directory(layout.PLOTS),),
         params=("compute", "evaluate"),
@@ -199,7 +199,7 @@ STAGES: tuple[Stage, ...] = (
             str(layout.METRICS / "predictions.csv"): {
                 "template": "confusion",
                 "x": "actual",
-                "y": "predicted",
+                "y": "final",
             }
         },
         resources=INFERENCE,

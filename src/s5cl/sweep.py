@@ -1,12 +1,13 @@
 """The comparison: methods x label budgets x seeds, one pipeline run each, then one table.
 
-    python -m s5cl.sweep run --method s5cl --budget 5 --seed 0 --out results/sweep/s5cl/5/0
-    python -m s5cl.sweep aggregate --out results results/sweep/*/*/*/run.json
+    python -m s5cl.sweep run --variant base --method s5cl --budget 5 --seed 0 \
+        --out results/sweep/base/s5cl/5/0
+    python -m s5cl.sweep aggregate --out results results/sweep/*/*/*/*/run.json
 
 `run` reuses the project's packed dataset (it must be prepared) and runs the stages the stage
 table marks for the sweep (split, warmup, s5cl, pseudolabel, retrain, evaluate) in-process
-inside its own folder, with `method`, `seed` and the label budget overridden; everything else
-comes from the params file. Snakemake's
+inside its own folder, with the variant's settings (`sweep.variants`), `method`, `seed` and the
+label budget overridden; everything else comes from the params file. Snakemake's
 `workflow/rules/sweep.smk` calls both, one cached job per run.
 """
 
@@ -25,9 +26,10 @@ import pandas as pd
 
 from s5cl import layout, stages
 from s5cl.errors import UserError
-from s5cl.io import atomic_path, read_json, write_json
+from s5cl.io import atomic_path, read_input, read_json, write_json
 from s5cl.metrics import plt
 from s5cl.params import Metric, Params, load_params
+from s5cl.stats import mcnemar_exact, mean_interval, paired_over_seeds, smallest_sign_flip_p
 
 SCALARS = typing.get_args(Metric)  # every scalar evaluate.json has per model
 RUN = "run.json"
@@ -61,12 +63,18 @@ def _inside(folder: Path) -> Iterator[None]:
 
 
 def run_one(
-    params_file: Path, sets: list[str], method: str, budget: float, seed: int, out: Path
+    params_file: Path,
+    sets: list[str],
+    variant: str,
+    method: str,
+    budget: float,
+    seed: int,
+    out: Path,
 ) -> dict:
     """One pipeline run in `out`; returns (and writes to out/run.json) what identifies it.
     `sets` are `--set` overrides (Snakemake passes its config this way)."""
     base = load_params(params_file, sets)
-    overrides = run_overrides(base, method, budget, seed)
+    overrides = base.sweep.sets_of(variant) + run_overrides(base, method, budget, seed)
     params = load_params(params_file, sets + overrides)
     packed = layout.packed_dir(params.data.name).resolve()
     if not packed.is_dir():
@@ -80,6 +88,7 @@ def run_one(
         for stage in stages.sweep_stages():
             print(f"{stage.name}: {stages.function(stage.name)(params)}", flush=True)
     run = {
+        "variant": variant,
         "method": method,
         "budget_kind": params.sweep.budget,
         "budget": budget,
@@ -91,46 +100,187 @@ def run_one(
     return run
 
 
-def collect(run_files: list[Path]) -> pd.DataFrame:
+MODELS = (("final", ""), ("warmup", "warmup_"), ("s5cl", "s5cl_phase_"))
+KEYS = ["variant", "budget", "method"]  # one cell of the table; its rows are the seeds
+BASELINES = ("ce", "supcon")  # every method is compared with these, seed by seed
+
+
+def collect(
+    run_files: list[Path], variants: list[str] | None = None
+) -> tuple[pd.DataFrame, dict[tuple, pd.DataFrame]]:
     """One row per run: what identifies it, then every scalar metric of each evaluated model
-    (the final model's without a prefix, the warm-up's and s5cl phase's prefixed)."""
-    rows = []
+    (the final model's without a prefix, the warm-up's and s5cl phase's prefixed; val-set
+    scores as val_<score>). And per run (variant, budget, method, seed), which test images
+    each model got right (metrics/predictions.csv), for the pooled McNemar tests. Rows are in
+    the order of `variants` (sweep.variants: the first is the baseline), then budget, method
+    and seed."""
+    rows, right = [], {}
     for run_file in run_files:
         run = read_json(run_file)
-        scores = read_json(run_file.parent / layout.METRICS / "evaluate.json")
-        row = {k: run[k] for k in ("dataset", "method", "budget_kind", "budget", "seed")}
-        for model, prefix in (("final", ""), ("warmup", "warmup_"), ("s5cl", "s5cl_phase_")):
+        folder = run_file.parent
+        scores = read_json(folder / layout.METRICS / "evaluate.json")
+        row = {"variant": run.get("variant", "base")}
+        row |= {k: run[k] for k in ("dataset", "method", "budget_kind", "budget", "seed")}
+        for model, prefix in MODELS:
             row |= {f"{prefix}{key}": scores[model][key] for key in SCALARS}
+            row |= {f"{prefix}val_{k}": v for k, v in scores[model].get("val", {}).items()}
         rows.append(row)
+        predictions = read_input(folder / layout.METRICS / "predictions.csv", pd.read_csv, "table")
+        right[(row["variant"], row["budget"], row["method"], row["seed"])] = pd.DataFrame(
+            {m: predictions[m] == predictions["actual"] for m, _ in MODELS}
+        ).set_index(predictions["image"])
     if not rows:
         raise UserError("no runs to aggregate")
-    return pd.DataFrame(rows).sort_values(["budget", "method", "seed"], ignore_index=True)
+    table = pd.DataFrame(rows)
+    order = list(dict.fromkeys([*(variants or []), *table["variant"]]))
+    rank = {name: i for i, name in enumerate(order)}
+    table = table.sort_values(
+        [*KEYS, "seed"], key=lambda c: c.map(rank) if c.name == "variant" else c
+    )
+    return table.reset_index(drop=True), right
 
 
 def summarise(table: pd.DataFrame, metrics: tuple[str, ...]) -> pd.DataFrame:
-    """mean and std over seeds, per method and budget."""
-    grouped = table.groupby(["budget", "method"], sort=True)[list(metrics)]
-    summary = grouped.agg(["mean", "std"])
+    """mean, std and the t interval of the mean over seeds, per variant, budget and method;
+    the interval clipped to [0, 1], where every score lies."""
+    grouped = table.groupby(KEYS, sort=True)
+    summary = grouped[list(metrics)].agg(["mean", "std"])
+    for metric in metrics:
+        bounds = grouped[metric].apply(lambda v: mean_interval(v.to_numpy()))
+        low, high = np.clip(np.array(list(bounds), dtype=float).T, 0, 1)  # nan stays nan
+        summary[(metric, "low")], summary[(metric, "high")] = low, high
     summary[("runs", "count")] = grouped.size()  # a full key: the columns are a MultiIndex
     return summary
 
 
-def markdown(table: pd.DataFrame, metrics: tuple[str, ...], methods: list[str]) -> str:
-    """One row per budget and method: mean ± std over seeds of each metric."""
+def _pooled_mcnemar(right: dict, first: tuple, second: tuple, seeds: list[int]) -> dict:
+    """McNemar over the test images of all seeds at once, first's model vs second's: each key
+    is (variant, budget, method, model), the seed added per run; images matched by index."""
+    a_right, b_right = [], []
+    for seed in seeds:
+        a = right[(*first[:3], seed)][first[3]]
+        b = right[(*second[:3], seed)][second[3]]
+        common = a.index.intersection(b.index)
+        a_right.append(a.loc[common].to_numpy())
+        b_right.append(b.loc[common].to_numpy())
+    return mcnemar_exact(np.concatenate(a_right), np.concatenate(b_right))
+
+
+def comparisons(table: pd.DataFrame, right: dict, metric: str) -> pd.DataFrame:
+    """Paired over the seeds two runs share (their splits are the same): every method against
+    ce and supcon of its variant (of the first variant where its own has none), every variant
+    against the first with the same method, and every run's final model against its own
+    warm-up. Per pair: the mean difference of `metric` on test and val with t intervals, the
+    sign-flip and t-test p, and the pooled McNemar on all test images of all seeds."""
+    first_variant = table["variant"].iloc[0]  # collect puts the first variant first
+    cells = {key: group.set_index("seed") for key, group in table.groupby(KEYS, sort=False)}
+    rows = []
+
+    def add(cell, against_cell, label, models=("final", "final")):
+        a, b = cells[cell], cells[against_cell]
+        seeds = sorted(a.index.intersection(b.index))
+        if not seeds:
+            return
+        prefix = dict(MODELS)
+        row = {"variant": cell[0], "budget": cell[1], "method": cell[2], "against": label}
+        for split, key in (("test", metric), ("val", f"val_{metric}")):
+            ka, kb = f"{prefix[models[0]]}{key}", f"{prefix[models[1]]}{key}"
+            if ka not in a or kb not in b or a[ka].isna().any() or b[kb].isna().any():
+                continue
+            paired = paired_over_seeds(a.loc[seeds, ka].to_numpy(), b.loc[seeds, kb].to_numpy())
+            row |= {f"{split}_{k}": v for k, v in paired.items()}
+        pooled = _pooled_mcnemar(right, (*cell, models[0]), (*against_cell, models[1]), seeds)
+        rows.append(row | {"pooled_" + k: v for k, v in pooled.items()})
+
+    for variant, budget, method in cells:
+        for baseline in BASELINES:
+            if method == baseline:
+                continue
+            for where in dict.fromkeys((variant, first_variant)):
+                if (where, budget, baseline) in cells:
+                    label = baseline if where == variant else f"{baseline} ({where})"
+                    add((variant, budget, method), (where, budget, baseline), label)
+                    break
+        cell = (variant, budget, method)
+        if variant != first_variant and (first_variant, budget, method) in cells:
+            add(cell, (first_variant, budget, method), f"{method} ({first_variant})")
+        add(cell, cell, "own warm-up", ("final", "warmup"))
+    return pd.DataFrame(rows)
+
+
+def _interval(mean: float, low: float, high: float, points: bool = False) -> str:
+    """0.714 [0.62, 0.81], or in points +7.3 [−3.0, +17.6]; no interval for one seed."""
+    if points:
+        cell = f"{100 * mean:+.1f}"
+        return cell if np.isnan(low) else f"{cell} [{100 * low:+.1f}, {100 * high:+.1f}]"
+    return f"{mean:.3f}" if np.isnan(low) else f"{mean:.3f} [{low:.3f}, {high:.3f}]"
+
+
+def _p(value: float) -> str:
+    return "–" if np.isnan(value) else f"{value:.2g}"
+
+
+def markdown(table: pd.DataFrame, compared: pd.DataFrame, metric: str, metrics: tuple[str, ...],
+             methods: list[str]) -> str:  # fmt: skip
+    """The scores per variant, budget and method (mean ± std over seeds, and the 95% interval
+    of the mean of `metric`), then the paired differences, with what is significant marked."""
     kind = table["budget_kind"].iloc[0]
-    summary = summarise(table, metrics)
-    head = ["labels" if kind == "labels_per_class" else "label fraction", "method", "runs"]
+    val_metric = f"val_{metric}"
+    shown = (*metrics, val_metric) if val_metric in table else metrics
+    summary = summarise(table, shown)
+    budget_head = "labels" if kind == "labels_per_class" else "label fraction"
+    others = [m for m in shown if m != metric]
+    head = ["variant", budget_head, "method", "runs", f"{metric} [95% CI of the mean]", *others]
     lines = [
-        "| " + " | ".join(head + list(metrics)) + " |",
-        "|" + "---|" * (len(head) + len(metrics)),
+        f"## Test scores: mean ± std over seeds ({table['dataset'].iloc[0]})",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
     ]
-    for budget in sorted(table["budget"].unique()):
-        for method in [m for m in methods if (budget, m) in summary.index]:
-            row = summary.loc[(budget, method)]
-            spread = {m: np.nan_to_num(row[(m, "std")]) for m in metrics}  # one seed: 0
-            cells = [f"{row[(m, 'mean')]:.3f} ± {spread[m]:.3f}" for m in metrics]
-            label, runs = budget_label(kind, budget), int(row[("runs", "count")])
-            lines.append(f"| {label} | {method} | {runs} | " + " | ".join(cells) + " |")
+    variants = list(dict.fromkeys(table["variant"]))
+    order = {m: i for i, m in enumerate(methods)}
+    for variant, budget, method in sorted(
+        summary.index, key=lambda k: (k[1], variants.index(k[0]), order.get(k[2], len(order)))
+    ):
+        row = summary.loc[(variant, budget, method)]
+        main = _interval(row[(metric, "mean")], row[(metric, "low")], row[(metric, "high")])
+        cells = [f"{row[(m, 'mean')]:.3f} ± {np.nan_to_num(row[(m, 'std')]):.3f}" for m in others]
+        label, runs = budget_label(kind, budget), int(row[("runs", "count")])
+        lines.append(f"| {variant} | {label} | {method} | {runs} | {main} | {' | '.join(cells)} |")
+    seeds = int(table.groupby(KEYS).size().min())
+    lines += [
+        "",
+        f"## Paired differences in {metric} (points), seed by seed",
+        "",
+        "Δ is the mean over the seeds both share of (row − against), with Student's t 95% "
+        "interval; sign-flip is the exact permutation test over seeds, t the paired t-test, "
+        "McNemar the exact test pooled over every test image of every seed (b: only the row's "
+        "model right, c: only the other's). *significant* lists the tests with p < 0.05.",
+    ]
+    if seeds < 6:
+        lines += [
+            "",
+            f"**Note:** with {seeds} seed{'s' if seeds > 1 else ''}, no distribution-free test "
+            "over seeds can reach p < 0.05 (the sign-flip test's smallest p is 2/2^n = "
+            f"{smallest_sign_flip_p(seeds):.2g}); the t-test's p assumes normal differences, "
+            "and the pooled McNemar treats the seeds' test images as one sample.",
+        ]
+    head = ["variant", "labels", "method", "against", "seeds", "Δ test", "sign-flip p", "t p",
+            "McNemar b/c, p", "Δ val", "significant"]  # fmt: skip
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for _, c in compared.iterrows():
+        marks = [name for name, key in (("McNemar", "pooled_mcnemar_p"), ("t", "test_t_p"),
+                 ("sign-flip", "test_sign_flip_p")) if c.get(key, np.nan) < 0.05]  # fmt: skip
+        val = (_interval(c["val_diff"], c["val_diff_low"], c["val_diff_high"], points=True)
+               if "val_diff" in c and not np.isnan(c["val_diff"]) else "–")  # fmt: skip
+        lines.append(
+            f"| {c['variant']} | {budget_label(kind, c['budget'])} | {c['method']} | "
+            f"{c['against']} | {int(c['test_n'])} | "
+            f"{_interval(c['test_diff'], c['test_diff_low'], c['test_diff_high'], points=True)} | "
+            f"{_p(c['test_sign_flip_p'])} | {_p(c['test_t_p'])} | "
+            f"{c['pooled_only_first_right']}/{c['pooled_only_second_right']}, "
+            f"{_p(c['pooled_mcnemar_p'])} | {val} | {', '.join(marks) or 'no'} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -141,33 +291,37 @@ def plot(
     path: Path,
     reference: dict[str, dict[float, float]] | None = None,
 ) -> None:
-    """`metric` against the label budget: one line per method, error bars = std over seeds;
-    published reference figures, if given, as dashed lines in the same colour."""
+    """`metric` against the label budget: one line per method (and variant), the band its 95%
+    interval of the mean over seeds; published reference figures, if given, dashed."""
     kind = table["budget_kind"].iloc[0]
     summary = summarise(table, (metric,))
+    variants = list(dict.fromkeys(table["variant"]))
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    colours = dict(zip(methods, plt.rcParams["axes.prop_cycle"].by_key()["color"], strict=False))
-    for method in methods:
-        if method not in summary.index.get_level_values("method"):
-            continue
-        rows = summary.xs(method, level="method")
-        ax.errorbar(
-            rows.index, rows[(metric, "mean")], yerr=rows[(metric, "std")].fillna(0),
-            marker="o", capsize=3, label=method, color=colours.get(method),
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = dict(zip(methods, palette, strict=False))
+    styles = dict(zip(variants, ["-", "--", ":", "-."] * 8, strict=False))
+    for (variant, method), rows in summary.groupby(level=["variant", "method"], sort=False):
+        rows = rows.droplevel(["variant", "method"]).sort_index()
+        label = method if len(variants) == 1 else f"{method} ({variant})"
+        ax.plot(rows.index, rows[(metric, "mean")], marker="o", label=label,
+                color=colours.get(method), linestyle=styles[variant])  # fmt: skip
+        if rows[(metric, "low")].notna().any():
+            ax.fill_between(rows.index, rows[(metric, "low")], rows[(metric, "high")],
+                            color=colours.get(method), alpha=0.15, linewidth=0)  # fmt: skip
+    for method, points in (reference or {}).items():
+        points = sorted(points.items())
+        ax.plot(
+            [b for b, _ in points], [v for _, v in points], linestyle="--", marker="x",
+            color=colours.get(method), alpha=0.6, label=f"{method} (paper)",
         )  # fmt: skip
-        if reference and method in reference:
-            points = sorted(reference[method].items())
-            ax.plot(
-                [b for b, _ in points], [v for _, v in points], linestyle="--", marker="x",
-                color=colours.get(method), alpha=0.6, label=f"{method} (paper)",
-            )  # fmt: skip
     budgets = sorted(table["budget"].unique())
     if kind == "label_fraction" or (len(budgets) > 2 and budgets[-1] / budgets[0] > 20):
         ax.set_xscale("log")
     ax.set_xticks(budgets, [budget_label(kind, b) for b in budgets])
     ax.set_xlabel("labels per class" if kind == "labels_per_class" else "labeled fraction")
     ax.set_ylabel(f"test {metric.replace('_', ' ')}")
-    ax.set_title(f"{table['dataset'].iloc[0]}: mean ± std over seeds")
+    seeds = int(table.groupby(KEYS).size().min())
+    ax.set_title(f"{table['dataset'].iloc[0]}: mean over {seeds} seeds, band: 95% CI of the mean")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     with atomic_path(path) as tmp:
@@ -176,20 +330,23 @@ def plot(
 
 
 def aggregate(params_file: Path, sets: list[str], run_files: list[Path], out: Path) -> pd.DataFrame:
-    """results/summary.csv, summary.md and the figure from the runs' outputs."""
+    """results/summary.csv (one row per run), comparisons.csv (the paired differences),
+    summary.md and the figure, from the runs' outputs."""
     params = load_params(params_file, sets)
-    table = collect(run_files)
+    table, right = collect(run_files, params.sweep.variant_names())
+    metric = params.sweep.metric
+    compared = comparisons(table, right, metric)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "summary.csv") as tmp:
         table.to_csv(tmp, index=False)
-    metrics = tuple(dict.fromkeys((params.sweep.metric, "accuracy", "macro_f1", "weighted_f1",
+    with atomic_path(out / "comparisons.csv") as tmp:
+        compared.to_csv(tmp, index=False)
+    metrics = tuple(dict.fromkeys((metric, "accuracy", "macro_f1", "weighted_f1",
                                    "knn_accuracy", "precision_at_k")))  # fmt: skip
     with atomic_path(out / "summary.md") as tmp:
-        tmp.write_text(markdown(table, metrics, list(params.sweep.methods)))
-    reference = params.sweep.reference
-    plot(
-        table, params.sweep.metric, list(params.sweep.methods), out / "budget_curve.png", reference
-    )
+        tmp.write_text(markdown(table, compared, metric, metrics, list(params.sweep.methods)))
+    plot(table, metric, list(params.sweep.methods), out / "budget_curve.png",
+         params.sweep.reference)  # fmt: skip
     return table
 
 
@@ -201,6 +358,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE")
     commands = parser.add_subparsers(dest="command", required=True)
     one = commands.add_parser("run", help="one pipeline run in its own folder")
+    one.add_argument("--variant", default="base", help="a name in sweep.variants")
     one.add_argument("--method", required=True)
     one.add_argument("--budget", type=float, required=True)
     one.add_argument("--seed", type=int, required=True)
@@ -211,10 +369,21 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     try:
         if args.command == "run":
-            run_one(args.params.resolve(), args.sets, args.method, args.budget, args.seed, args.out)
+            run_one(
+                args.params.resolve(),
+                args.sets,
+                args.variant,
+                args.method,
+                args.budget,
+                args.seed,
+                args.out,
+            )
         else:
             table = aggregate(args.params, args.sets, args.runs, args.out)
-            print(f"aggregate: {len(table)} runs -> {args.out}/summary.csv, .md, budget_curve.png")
+            print(
+                f"aggregate: {len(table)} runs -> {args.out}/summary.csv, summary.md, "
+                "comparisons.csv, budget_curve.png"
+            )
     except UserError as error:
         print(f"sweep: error: {error}", file=sys.stderr)
         sys.exit(2)

@@ -1,15 +1,21 @@
-# The comparison: methods x label budgets x seeds (the `sweep` section of the config), one
-# cached job each in results/sweep/<method>/<budget>/<seed>/, then one table and one figure.
+# The comparison: variants x methods x label budgets x seeds (the `sweep` section of the config),
+# one cached job each in results/sweep/<variant>/<method>/<budget>/<seed>/, then one table and
+# one figure.
 #   snakemake --cores 8 sweep
 #   snakemake --cores 8 sweep --configfile workflow/presets/nct_crc_he_100k.yaml
 SWEEP = config["sweep"]
-SWEEP_DIR = "results/sweep/{method}/{budget}/{seed}"
-SWEEP_RUNS = expand(
-    f"{SWEEP_DIR}/run.json",
-    method=SWEEP["methods"],
-    budget=[f"{b:g}" for b in SWEEP["budgets"]],
-    seed=SWEEP["seeds"],
-)
+SWEEP_DIR = "results/sweep/{variant}/{method}/{budget}/{seed}"
+SWEEP_RUNS = [
+    run
+    for variant in PARAMS.sweep.variant_names()
+    for run in expand(
+        f"{SWEEP_DIR}/run.json",
+        variant=variant,
+        method=PARAMS.sweep.methods_of(variant),
+        budget=[f"{b:g}" for b in SWEEP["budgets"]],
+        seed=SWEEP["seeds"],
+    )
+]
 SWEEP_STAGES = stages.sweep_stages()
 SWEEP_CODE = stages.module_files("s5cl.sweep", *(s.module for s in SWEEP_STAGES))
 
@@ -30,16 +36,18 @@ rule sweep_run:
         f"{SWEEP_DIR}/metrics/evaluate.json",
     params:
         cached=cache_key(dict.fromkeys(k for s in SWEEP_STAGES for k in s.params)),
+        variant=lambda wildcards: PARAMS.sweep.sets_of(wildcards.variant),
         out=lambda wildcards, output: os.path.dirname(output[0]),
     threads: threads_of("sweep_run")
     resources:
         **resources_of("sweep_run"),
     log:
-        "logs/sweep/{method}/{budget}/{seed}.log",
+        "logs/sweep/{variant}/{method}/{budget}/{seed}.log",
     conda:
         "../envs/s5cl.yaml"
     shell:
-        'python -m s5cl.sweep --params "$S5CL_PARAMS" run --method {wildcards.method}'
+        'python -m s5cl.sweep --params "$S5CL_PARAMS" run --variant {wildcards.variant}'
+        " --method {wildcards.method}"
         " --budget {wildcards.budget} --seed {wildcards.seed} --out {params.out} > {log} 2>&1"
 
 

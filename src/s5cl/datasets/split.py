@@ -57,13 +57,17 @@ def make_split(
     original = np.arange(len(labels)) if original is None else np.asarray(original)
     is_copy = original != np.arange(len(labels))
     rng = np.random.default_rng(seed)
+    # split.test_seed: the test images come from a stream of their own, the rest from `seed`.
+    test_rng = rng if cfg.test_seed is None else np.random.default_rng(cfg.test_seed)
     roles = np.where(np.isin(subsets, ("val", "test")), subsets, None).astype(object)
     own_test, own_val = (subsets == "test").any(), (subsets == "val").any()
     for label in np.unique(labels):  # sorted, so the RNG stream is the same on every run
         pool = (labels == label) & (subsets == "train") & ~is_copy
-        members = rng.permutation(np.flatnonzero(pool))
+        members = test_rng.permutation(np.flatnonzero(pool))
         n = len(members)
         n_test = 0 if own_test else round(cfg.test_fraction * n)
+        if test_rng is not rng:  # the test cut fixed by test_seed; the rest shuffled by seed
+            members = np.concatenate([members[:n_test], rng.permutation(members[n_test:])])
         n_val = 0 if own_val else round(cfg.val_fraction * n)
         pool = n - n_test - n_val
         if cfg.labels_per_class is not None:

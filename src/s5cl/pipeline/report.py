@@ -13,7 +13,7 @@ from s5cl.io import atomic_path, read_input, read_json, read_parquet
 from s5cl.models import embed_and_predict
 from s5cl.params import Params
 from s5cl.pipeline.common import for_inference, open_split
-from s5cl.pipeline.evaluate import EVALUATED
+from s5cl.pipeline.evaluate import EVALUATED, PAIRS
 from s5cl.report import embedding_map, pseudo_label_curve, read_curves, render, training_curves
 
 
@@ -47,12 +47,16 @@ def report(params: Params) -> str:
             for name in EVALUATED
         },
     }
-    scores = read_json(layout.METRICS / "evaluate.json")
+    scores = read_json(layout.METRICS / "evaluate.json")  # its keys sorted: put them in order
+    scores = {name: scores[name] for name in EVALUATED} | {
+        "comparisons": {f"{a}_vs_{b}": scores["comparisons"][f"{a}_vs_{b}"] for a, b in PAIRS},
+        "bootstrap": scores["bootstrap"],
+    }
     shown = {k: v for k, v in params.model_dump(mode="json").items() if k in stages.REPORTED}
     page = render(
         f"S5CL pipeline: {params.method} on {params.data.name}",
         shown,
-        {name: scores[name] for name in EVALUATED},
+        scores,
         read_json(layout.METRICS / "pseudolabel.json"),
         figures,
     )
