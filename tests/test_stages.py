@@ -118,7 +118,9 @@ def test_a_new_stage_is_one_table_entry_and_its_function(project):
     assert repro.returncode == 0, repro.stdout + repro.stderr
     assert "toy: 10 classes, 20 labeled" in repro.stdout
     assert "Running stage 'warmup'" not in repro.stdout  # only what toy needs
-    assert json.loads((project / "metrics/toy.json").read_text())["3"] == 2  # split.labels_per_class
+    assert (
+        json.loads((project / "metrics/toy.json").read_text())["3"] == 2
+    )  # split.labels_per_class
 
     dry = in_copy("snakemake", "-n", "--forceall", "metrics/toy.json")
     assert dry.returncode == 0, dry.stdout + dry.stderr
