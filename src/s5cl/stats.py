@@ -104,6 +104,8 @@ def score_intervals(
     """
     rows = resample_indices(len(y_true), resamples, seed)
     resampled = {m: resampled_scores(y_true, p, n_classes, rows) for m, p in predictions.items()}
+    identity = np.arange(len(y_true))[None, :]  # the test set itself: the point estimates
+    points = {m: resampled_scores(y_true, p, n_classes, identity) for m, p in predictions.items()}
     intervals = {}
     for model, scores in resampled.items():
         intervals[model] = {}
@@ -114,21 +116,13 @@ def score_intervals(
     for first, second in pairs:
         pair = mcnemar_exact(predictions[first] == y_true, predictions[second] == y_true)
         for score in BOOTSTRAPPED:
-            point = _point(y_true, predictions[first], n_classes, score) - _point(
-                y_true, predictions[second], n_classes, score
-            )
+            point = float(points[first][score][0] - points[second][score][0])
             low, high = percentile_interval(
                 resampled[first][score] - resampled[second][score], level
             )
             pair |= {f"{score}_diff": point, f"{score}_diff_low": low, f"{score}_diff_high": high}
         comparisons[f"{first}_vs_{second}"] = pair
     return intervals, comparisons
-
-
-def _point(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int, score: str) -> float:
-    """The score on the test set itself: resampled_scores on the identity resample."""
-    identity = np.arange(len(y_true))[None, :]
-    return float(resampled_scores(y_true, y_pred, n_classes, identity)[score][0])
 
 
 # ---- over seeds (a sweep) ----------------------------------------------------------------------

@@ -33,10 +33,10 @@ def evaluate(params: Params) -> str:
     data, table = open_split(params)
     test, val = indices(table, "test"), indices(table, "val")
     device = pick_device()
+    rows = np.concatenate([test, val])  # one pass per model over both
     results, predicted = {}, {}
     for name, stage in EVALUATED.items():
         model = for_inference(stage, params, device)
-        rows = np.concatenate([test, val])
         embeddings, probs = embed_and_predict(
             model, data, rows, device, params.evaluate.batch_size, progress=f"evaluate {name}"
         )
