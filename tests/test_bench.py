@@ -29,3 +29,16 @@ def test_speed_quick_mode_runs_both_designs_and_prints_the_ratios():
     last = out.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"data-path speedup [0-9.]+x, train-step speedup [0-9.]+x", last), last
     assert "GPU estimate: 3906 steps" in out.stdout
+
+
+@needs_shared()
+def test_frozen_quick_mode_runs_both_designs_and_prints_the_ratios():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "bench/frozen.py"), "--quick"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    last = out.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"per-step speedup [0-9.]+x, phase speedup [0-9.]+x \(features stage included\)", last
+    ), last
+    assert "64 images x (2 weak + 2 strong + plain) = 320 passes" in out.stdout

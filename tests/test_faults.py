@@ -30,7 +30,7 @@ import yaml
 from PIL import Image
 
 from s5cl.cli import run_stage
-from s5cl.predict import main as predict_main
+from s5cl.console import main as predict_main
 
 from .conftest import PBC, ROOT, needs_shared
 
@@ -716,6 +716,7 @@ def test_weights_load_plain_wrapped_prefixed_and_from_a_model_file(env, tmp_path
     from torchvision.models import resnet18
 
     from s5cl.models import S5CLNet
+    from s5cl.params import ModelParams
 
     source = resnet18()
     torch.nn.init.normal_(source.conv1.weight)
@@ -728,9 +729,9 @@ def test_weights_load_plain_wrapped_prefixed_and_from_a_model_file(env, tmp_path
     }
     for name, content in forms.items():
         torch.save(content, tmp_path / name)
-        loaded = S5CLNet(2, weights=str(tmp_path / name)).encoder.state_dict()
+        loaded = S5CLNet(2, ModelParams(weights=str(tmp_path / name))).encoder.state_dict()
         assert torch.equal(loaded["conv1.weight"], state["conv1.weight"]), name
-    loaded = S5CLNet(2, weights="models/warmup.pt").encoder.state_dict()
+    loaded = S5CLNet(2, ModelParams(weights="models/warmup.pt")).encoder.state_dict()
     assert torch.equal(loaded["conv1.weight"], model_file["model"]["encoder.conv1.weight"])
 
 

@@ -31,7 +31,7 @@ from .conftest import (
 )
 from .kills import Kill, kill_during, leftovers, rerun_until_done, results, summarise_rerun
 
-STAGES = ["download", "prepare", "split", "warmup", "s5cl", "pseudolabel", "retrain"]
+STAGES = ["download", "prepare", "split", "features", "warmup", "s5cl", "pseudolabel", "retrain"]
 STAGES += ["evaluate", "report"]
 MODELS = ("warmup", "s5cl", "final")
 

@@ -4,6 +4,8 @@ name the same paths)."""
 from pathlib import Path
 
 SPLIT = Path("data/splits/split.parquet")
+FEATURES = Path("data/features")  # the frozen encoder's cached features (model.freeze: all)
+FEATURES_INFO = FEATURES / "features.json"  # what they were made from
 PSEUDO = Path("data/pseudo/pseudo.parquet")
 MODELS = Path("models")
 METRICS = Path("metrics")

@@ -38,7 +38,9 @@ METHODS = ("ce", "supcon", "s5cl", "fixmatch", "mpl")
 
 
 def _optimizer(model: S5CLNet, cfg: SupervisedParams) -> torch.optim.Optimizer:
-    return torch.optim.Adamax(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    """Adamax over what the model trains (frozen encoder parts get no state)."""
+    groups = model.optimizer_groups(cfg.lr)
+    return torch.optim.Adamax(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, what: str, step: int) -> None:

@@ -1,4 +1,5 @@
-"""The S5CL network: ResNet-18 encoder -> linear embedder -> linear classifier on the embedding."""
+"""The S5CL network: an encoder (s5cl.backbones) -> linear embedder -> linear classifier on the
+embedding."""
 
 from __future__ import annotations
 
@@ -8,86 +9,81 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torchvision.models import ResNet18_Weights, resnet18
 
+from s5cl import backbones
 from s5cl.augment import normalize, to_float
 from s5cl.datasets.packed import PackedDataset
-from s5cl.errors import UserError
-from s5cl.io import describe_checkpoint, first_line
 from s5cl.params import ModelParams
-
-WRAPPERS = ("state_dict", "model")  # keys a training script often nests its state dict in
-PREFIXES = ("module.", "encoder.", "backbone.")  # DDP's, this project's model files', timm's
-
-
-def _examples(keys: set[str]) -> str:
-    return ", ".join(sorted(keys)[:2])
-
-
-def load_encoder_weights(encoder: nn.Module, path: Path) -> None:
-    """Load a ResNet-18 state dict from `path` into `encoder`. Accepted: a plain state dict, one
-    wrapped in `state_dict` or `model` (this project's own model files too), with `module.`,
-    `encoder.` or `backbone.` prefixes; the classifier (`fc.`) is dropped. Anything else is one
-    line saying what the file holds and what was expected."""
-    where = f"model.weights={str(path)!r}"
-    if not path.is_file():
-        raise UserError(f"{where}: no such file (use none, imagenet or the path of a state dict)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # unpickling other bytes raises almost anything
-        raise UserError(f"{where}: not a PyTorch weights file ({first_line(error)})") from None
-    for key in WRAPPERS:
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{where}: {describe_checkpoint(state)}, expected a state dict of tensors")
-    heads = ("embedder.", "classifier.")
-    for prefix in PREFIXES:
-        if state and all(k.startswith(prefix) for k in state if not k.startswith(heads)):
-            state = {k.removeprefix(prefix): v for k, v in state.items()}
-    state = {k: v for k, v in state.items() if not k.startswith(("fc.", *heads))}
-    wanted = encoder.state_dict()
-    missing, unexpected = set(wanted) - set(state), set(state) - set(wanted)
-    shapes = {k for k in set(wanted) & set(state) if wanted[k].shape != state[k].shape}
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {_examples(missing)})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {_examples(unexpected)})")
-        if shapes:
-            key = sorted(shapes)[0]
-            parts.append(
-                f"{len(shapes)} of other shapes (e.g. {key}: {tuple(state[key].shape)}, "
-                f"expected {tuple(wanted[key].shape)})"
-            )
-        raise UserError(f"{where}: does not fit a resnet18 encoder: {'; '.join(parts)}")
-    encoder.load_state_dict(state)
 
 
 class S5CLNet(nn.Module):
-    """`embed(x)` is the space the contrastive losses shape; `classifier` reads logits from it."""
+    """`embed(x)` is the space the contrastive losses shape; `classifier` reads logits from it.
 
-    def __init__(self, num_classes: int, embedding_dim: int = 64, weights: str = "none"):
+    The encoder is built from `cfg` (model.arch, kwargs, weights, pool); `image_size` checks
+    that a backbone with one input size takes the data's. Parts that `cfg.freeze` fixes get no
+    gradients and always run in eval mode (BatchNorm statistics fixed too)."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        cfg: ModelParams | None = None,
+        image_size: int | None = None,
+        load_weights: bool = True,
+    ):
         super().__init__()
-        self.encoder = resnet18(
-            weights=ResNet18_Weights.IMAGENET1K_V1 if weights == "imagenet" else None
-        )
-        feature_dim = self.encoder.fc.in_features
-        self.encoder.fc = nn.Identity()
+        cfg = cfg or ModelParams()
+        weights = cfg.weights if load_weights else "none"
+        self.arch, self.pool, self.lr_scale = cfg.arch, cfg.pool, cfg.lr_scale
         if weights not in ("none", "imagenet"):
-            load_encoder_weights(self.encoder, Path(weights))
-        self.embedder = nn.Linear(feature_dim, embedding_dim)
-        self.classifier = nn.Linear(embedding_dim, num_classes)
+            backbones.check_weights_file(Path(weights), cfg.arch)
+        self.encoder = backbones.create_encoder(
+            cfg.arch, cfg.kwargs, cfg.pool, imagenet=weights == "imagenet"
+        )
+        if image_size is not None:
+            backbones.check_input_size(self.encoder, cfg.arch, image_size)
+        if weights not in ("none", "imagenet"):
+            backbones.load_encoder_weights(self.encoder, Path(weights), cfg.arch)
+        self.embedder = nn.Linear(backbones.feature_dim(self.encoder, cfg.pool), cfg.embedding_dim)
+        self.classifier = nn.Linear(cfg.embedding_dim, num_classes)
+        self.frozen = backbones.frozen_parts(self.encoder, cfg.freeze)
+        for part in self.frozen:
+            part.requires_grad_(False)
+        if cfg.freeze != "none":  # a ViT's own tokens and position embedding: its stem
+            for parameter in self.encoder.parameters(recurse=False):
+                parameter.requires_grad_(False)
         self.autocast: torch.dtype | None = None  # set by device.configure
 
+    def train(self, mode: bool = True) -> S5CLNet:
+        super().train(mode)
+        for part in self.frozen:
+            part.eval()
+        return self
+
+    def optimizer_groups(self, lr: float) -> list[dict[str, Any]]:
+        """The parameters an optimizer updates: none of the frozen ones; the encoder's at
+        lr * model.lr_scale where that is not 1."""
+        if self.lr_scale == 1:
+            return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+        encoder = {id(p) for p in self.encoder.parameters()}
+        trained = [p for p in self.encoder.parameters() if p.requires_grad]
+        heads = [p for p in self.parameters() if p.requires_grad and id(p) not in encoder]
+        groups = [{"params": trained, "lr": lr * self.lr_scale}, {"params": heads}]
+        return [group for group in groups if group["params"]]
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """B x 3 x H x W normalised images -> B x F features of the encoder."""
+        return backbones.pool_features(self.encoder, self.encoder(x), self.pool)
+
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """B x 3 x H x W normalised images -> B x embedding_dim, in fp32 whatever the autocast
+        """B x 3 x H x W normalised images, or B x F features the frozen encoder already made
+        (the features stage's cache) -> B x embedding_dim, in fp32 whatever the autocast
         dtype, so losses and the classifier always see fp32."""
+        if x.ndim == 2:
+            return self.embedder(x.float())
         if self.autocast is None:
-            return self.embedder(self.encoder(x))
+            return self.embedder(self.encode(x))
         with torch.autocast(x.device.type, dtype=self.autocast):
-            return self.embedder(self.encoder(x)).float()
+            return self.embedder(self.encode(x)).float()
 
     def forward(
         self, x: torch.Tensor, classify: int | None = None
@@ -101,14 +97,19 @@ class S5CLNet(nn.Module):
         return emb, self.classifier(emb[:classify])
 
 
-def build_model(cfg: ModelParams, num_classes: int, seed: int) -> S5CLNet:
+def build_model(
+    cfg: ModelParams, num_classes: int, seed: int, image_size: int | None = None
+) -> S5CLNet:
     """A new network whose random initial weights depend on `seed` alone."""
     torch.manual_seed(seed)
-    return S5CLNet(num_classes, cfg.embedding_dim, cfg.weights)
+    return S5CLNet(num_classes, cfg, image_size)
 
 
 def model_from_checkpoint(checkpoint: dict[str, Any]) -> S5CLNet:
-    model = S5CLNet(len(checkpoint["class_names"]), checkpoint["params"]["model"]["embedding_dim"])
+    """The network a model file holds: built as its params say, then given its weights (the
+    weights file it started from is not read again)."""
+    cfg = ModelParams(**checkpoint["params"]["model"])
+    model = S5CLNet(len(checkpoint["class_names"]), cfg, load_weights=False)
     model.load_state_dict(checkpoint["model"])
     return model
 

@@ -14,6 +14,7 @@ import hashlib
 import inspect
 import json
 import os
+import re
 import sys
 import types
 import typing
@@ -130,14 +131,87 @@ class SplitParams(Section):
         return self
 
 
-class ModelParams(Section):
-    """The network: an encoder, a projection to the embedding SupCon works on, a classifier."""
+RESNETS = ("resnet18", "resnet34", "resnet50")  # model.arch's torchvision encoders
+TIMM = "timm:"  # model.arch's prefix for any timm model
+FREEZE = re.compile(r"none|all|all_but_last_([1-9][0-9]*)")  # model.freeze's forms
 
-    arch: Literal["resnet18"] = Field("resnet18", description="the encoder")
+
+class ModelParams(Section):
+    """The network: an encoder (a backbone, s5cl.backbones), a projection to the embedding
+    SupCon works on, a classifier on the embedding."""
+
+    arch: str = Field(
+        "resnet18",
+        description="the encoder: resnet18, resnet34, resnet50 (torchvision) or timm:<name> "
+        "(any timm model; presets for pathology backbones: s5cl backbones)",
+    )
+    kwargs: dict[str, Any] = Field(
+        {},
+        description="timm:<name> only: keyword arguments of timm.create_model (img_size, "
+        "init_values, dynamic_img_size, reg_tokens, mlp_layer: SwiGLUPacked, act_layer: SiLU)",
+    )
     weights: str = Field(
-        "none", description="none | imagenet (downloads) | path to a ResNet-18 state dict"
+        "none",
+        description="none | imagenet (downloads torchvision's or timm's) | path to a local "
+        ".pth, .bin or .safetensors file of the encoder (a plain state dict or one in "
+        "state_dict/model)",
+    )
+    pool: Literal["model", "class_and_mean"] = Field(
+        "model",
+        description="model: the backbone's own pooling; class_and_mean: its class token next "
+        "to the mean of its patch tokens (Virchow2, Midnight)",
+    )
+    freeze: str = Field(
+        "none",
+        description="none | all (the encoder is fixed; training runs from the features stage's "
+        "cache) | all_but_last_<N> (the last N blocks of a ViT, layers of a ResNet, train)",
+    )
+    lr_scale: float = Field(
+        1.0, gt=0, description="learning rate of the trained encoder part, times the phase's lr"
+    )
+    feature_views: int = Field(
+        4, ge=1, le=64, description="freeze: all: weak and strong views cached per image"
+    )
+    mean: list[float] | None = Field(
+        None,
+        min_length=3,
+        max_length=3,
+        description="the normalisation the backbone was trained with, instead of the "
+        "dataset's (null: the dataset's mean and std); set with std",
+    )
+    std: list[float] | None = Field(
+        None, min_length=3, max_length=3, description="see mean; every value > 0"
     )
     embedding_dim: int = Field(64, ge=2, description="size of the embedding SupCon works on")
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, arch: str) -> str:
+        if arch in RESNETS or (arch.startswith(TIMM) and arch.removeprefix(TIMM).strip()):
+            return arch
+        raise ValueError(f"use one of {', '.join(RESNETS)} or timm:<model name>")
+
+    @field_validator("freeze")
+    @classmethod
+    def _freeze_form(cls, freeze: str) -> str:
+        if not FREEZE.fullmatch(freeze):
+            raise ValueError("use none, all or all_but_last_<N> (N >= 1)")
+        return freeze
+
+    @model_validator(mode="after")
+    def _normalisation_whole(self) -> ModelParams:
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("model.mean and model.std: set both or neither")
+        if self.std is not None and min(self.std) <= 0:
+            raise ValueError(f"model.std = {self.std}: every value must be > 0")
+        if self.kwargs and not self.arch.startswith(TIMM):
+            raise ValueError(f"model.kwargs: only read for timm:<name> models, not {self.arch}")
+        return self
+
+    @property
+    def from_features(self) -> bool:
+        """Training runs from the features stage's cache: the whole encoder is fixed."""
+        return self.freeze == "all"
 
 
 class AugmentParams(Section):

@@ -84,37 +84,28 @@ def predict(
     return pd.DataFrame(rows)
 
 
-def main(argv: list[str] | None = None) -> None:
-    """The `s5cl` console command; `s5cl predict --help` for its options."""
-    parser = argparse.ArgumentParser(prog="s5cl", description="S5CL: use a trained model")
-    commands = parser.add_subparsers(dest="command", required=True)
-    sub = commands.add_parser("predict", help="classify images with a model file")
+def add_arguments(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("images", nargs="*", type=Path, help="image files")
     sub.add_argument("--model", type=Path, default=Path("models/final.pt"))
     sub.add_argument("--folder", type=Path, help="classify every image under this folder")
     sub.add_argument("--out", type=Path, help="CSV to write (default: print to stdout)")
     sub.add_argument("--neighbours", type=int, default=3, help="nearest labeled images per row")
-    args = parser.parse_args(argv)
-    try:
-        if bool(args.images) == bool(args.folder):
-            raise UserError("give image files or --folder DIR (one of the two)")
-        if args.neighbours < 0:
-            raise UserError(f"--neighbours {args.neighbours}: must be 0 or more")
-        if args.out is not None and args.out.is_dir():
-            raise UserError(f"--out {args.out}: is a folder; give the path of a .csv file")
-        paths = image_files(args.folder) if args.folder else list(args.images)
-        model = load_checkpoint(args.model, hint=MODEL_HINT)
-        table = predict(model, paths, args.neighbours)
-        if args.out:
-            with atomic_path(args.out) as tmp:
-                table.to_csv(tmp, index=False)
-            print(f"s5cl predict: {len(table)} images -> {args.out}", file=sys.stderr)
-    except UserError as error:
-        print(f"s5cl predict: error: {error}", file=sys.stderr)
-        sys.exit(2)
-    if not args.out:
+
+
+def run(args: argparse.Namespace) -> None:
+    """`s5cl predict`: the table to --out, or to stdout."""
+    if bool(args.images) == bool(args.folder):
+        raise UserError("give image files or --folder DIR (one of the two)")
+    if args.neighbours < 0:
+        raise UserError(f"--neighbours {args.neighbours}: must be 0 or more")
+    if args.out is not None and args.out.is_dir():
+        raise UserError(f"--out {args.out}: is a folder; give the path of a .csv file")
+    paths = image_files(args.folder) if args.folder else list(args.images)
+    model = load_checkpoint(args.model, hint=MODEL_HINT)
+    table = predict(model, paths, args.neighbours)
+    if args.out:
+        with atomic_path(args.out) as tmp:
+            table.to_csv(tmp, index=False)
+        print(f"s5cl predict: {len(table)} images -> {args.out}", file=sys.stderr)
+    else:
         table.to_csv(sys.stdout, index=False)
-
-
-if __name__ == "__main__":
-    main()

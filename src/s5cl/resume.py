@@ -64,7 +64,12 @@ def input_files(stage: stages.Stage, dataset: str) -> list[Path]:
     packed = layout.packed_dir(dataset)
     files = []
     for path in map(Path, stages.resolve_paths(stage.deps, dataset)):
-        files += [path / INDEX, path / STATS] if path == packed else [path]
+        if path == packed:
+            files += [path / INDEX, path / STATS]
+        elif path == layout.FEATURES:  # what the cache was made from, md5s included
+            files.append(layout.FEATURES_INFO)
+        else:
+            files.append(path)
     return files
 
 

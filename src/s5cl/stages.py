@@ -43,6 +43,7 @@ def directory(path: Path | str) -> str:
 DATASET = "{dataset}"  # stands for data.name in the table's paths
 RAW, PACKED = directory(layout.raw_dir(DATASET)), directory(layout.packed_dir(DATASET))
 SPLIT, PSEUDO = str(layout.SPLIT), str(layout.PSEUDO)
+FEATURES = directory(layout.FEATURES)
 CURVES = {"x": "step"}  # dvclive's per-step training curves, as DVC plots
 
 
@@ -110,7 +111,7 @@ def _training(
         name=name,
         run=f"s5cl.pipeline.training:{name}",
         doc=doc,
-        deps=(PACKED, SPLIT, *deps),
+        deps=(PACKED, SPLIT, FEATURES, *deps),
         outs=(str(layout.model_path(name)),),
         params=("seed", "method", *params),
         metrics=(str(layout.METRICS / name / "metrics.json"),),
@@ -121,6 +122,8 @@ def _training(
 
 
 INFERENCE = {"cpus": 8, "mem_mb": 8000}
+# model.* keys that decide what the encoder computes (the features stage's cache key)
+ENCODER_PARAMS = ("arch", "kwargs", "weights", "pool", "freeze", "feature_views", "mean", "std")
 PHASES = ("warmup", "s5cl", "retrain")
 MODELS = tuple(str(layout.model_path(s)) for s in PHASES)
 
@@ -152,6 +155,21 @@ STAGES: tuple[Stage, ...] = (
         deps=(PACKED,),
         outs=(SPLIT,),
         params=("seed", "split"),
+    ),
+    Stage(
+        name="features",
+        run="s5cl.pipeline.features:features",
+        doc="a frozen encoder's features of cached weak and strong views of every image",
+        deps=(PACKED,),
+        outs=(FEATURES,),
+        # what the encoder and its views depend on (seed: a random encoder's weights)
+        params=(
+            "seed",
+            *(f"model.{key}" for key in ENCODER_PARAMS),
+            "augment",
+            "compute",
+        ),
+        resources={"cpus": 8, "mem_mb": 8000, "runtime": 60},
     ),
     _training(
         "warmup",
@@ -389,10 +407,13 @@ def generated_files() -> dict[str, str]:
     """Every file derived from the table or the params models: path -> content."""
     from s5cl import params
 
+    # imported by name: the stages' code dependencies (modulefinder) are not the presets'
+    presets = importlib.import_module("s5cl.presets")
     files = {"dvc.yaml": dvc_yaml()}
     files |= {stage.script: script(stage) for stage in STAGES}
     files["workflow/schemas/params.schema.json"] = json.dumps(params.json_schema(), indent=2) + "\n"
     files["docs/params.md"] = params.reference_markdown()
+    files |= presets.generated_files()
     return files
 
 

@@ -2,8 +2,10 @@
 
 One step draws an m-per-class labeled batch and (when the objective uses them) an unlabeled
 batch, makes a weak and a strong view of every image on the device, and hands the views to the
-method's objective (methods.py), which computes its loss and updates the model. For S5CL, what
-the unlabeled images are pulled towards is the only difference between phases:
+method's objective (methods.py), which computes its loss and updates the model. With a
+frozen encoder (model.freeze: all) the views are the features stage's cached encoder features
+of views of the same images (features.py), and the objective's network skips its encoder.
+For S5CL, what the unlabeled images are pulled towards is the only difference between phases:
 
     warmup   no unlabeled stream                       (SupCon_l + CE)
     s5cl     instance ids: self-supervised             (+ SupCon_u at tau_u)
@@ -39,6 +41,7 @@ from s5cl.datasets.split import indices
 from s5cl.datasets.streams import LabeledBatches, UnlabeledBatches
 from s5cl.device import augment_chunk, configure, pick_device
 from s5cl.errors import UserError
+from s5cl.features import FeatureCache
 from s5cl.methods import Objective
 from s5cl.models import S5CLNet, embed_and_predict
 from s5cl.params import Params
@@ -57,10 +60,17 @@ def seed_everything(seed: int, rank: int = 0) -> torch.Generator:
     return torch.Generator().manual_seed(own)
 
 
-def validation_accuracy(model: S5CLNet, data: PackedDataset, val: np.ndarray, device) -> float:
+def validation_accuracy(
+    model: S5CLNet, data: PackedDataset, val: np.ndarray, device, cache: FeatureCache | None
+) -> float:
+    """Accuracy on the val images, through the encoder or from its cached features."""
     if len(val) == 0:
         return float("nan")
-    _, probs = embed_and_predict(model, data, val, device)
+    if cache is None:
+        _, probs = embed_and_predict(model, data, val, device)
+    else:
+        with torch.no_grad():
+            probs = model(cache.plain_features(val, device)).cpu().numpy()
     model.train()
     return float((probs.argmax(1) == data.labels[val]).mean())
 
@@ -106,8 +116,10 @@ def train(
     cfg, steps = phase.config(params), phase.steps_of(params)
     saved = resume.load() if resume else None  # before any work
     device = pick_device()
+    # model.freeze: all: the views' features come from the features stage's cache
+    cache = FeatureCache.open(params) if params.model.from_features else None
     chunk = augment_chunk(device)
-    kernels = pixel_kernels(params.compute.fuse_augment, device)
+    kernels = pixel_kernels(params.compute.fuse_augment and cache is None, device)
     gen = seed_everything(params.seed * 100 + phase.seed, distributed.rank())
     model = objective.model
     for network in objective.networks():
@@ -158,22 +170,25 @@ def train(
     )
     for step in bar:
         idx_l = distributed.shard(next(labeled_stream))  # the whole batch with one process
-        batches = [data.batch(idx_l, device)]  # uint8 on the device
+        rows = [idx_l]
         y_l = torch.from_numpy(data.labels[idx_l]).to(device)
         pos_u = None
         if unlabeled_stream is not None:
             idx_u, pos_u = map(distributed.shard, next(unlabeled_stream))
-            batches.append(data.batch(idx_u, device))
-        x = training_views(
-            batches,
-            params.augment,
-            gen,
-            data.mean,
-            data.std,
-            chunk,
-            channels_last=True,
-            kernels=kernels,
-        )
+            rows.append(idx_u)
+        if cache is None:  # images: uint8 to the device, then their views
+            x = training_views(
+                [data.batch(r, device) for r in rows],
+                params.augment,
+                gen,
+                data.mean,
+                data.std,
+                chunk,
+                channels_last=True,
+                kernels=kernels,
+            )
+        else:  # the cached features of views of the same images
+            x = cache.training_views(rows, gen, device)
 
         try:
             parts, logits = objective.update(x, y_l, pos_u, step)
@@ -187,7 +202,7 @@ def train(
         parts["train_acc"] = float((logits.argmax(1) == y_l).float().mean())
         parts = distributed.mean(parts)  # each rank's covers its shard: log the global batch's
         if main and ((step + 1) % cfg.eval_every == 0 or step + 1 == steps):
-            val_acc = validation_accuracy(model, data, val, device)
+            val_acc = validation_accuracy(model, data, val, device, cache)
             parts["val_acc"] = val_acc
         history.append({"step": step, **parts})
         log_entry(live, history[-1])

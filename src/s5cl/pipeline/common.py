@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pandas as pd
 import torch
 
@@ -14,9 +16,18 @@ from s5cl.models import S5CLNet, model_from_checkpoint
 from s5cl.params import Params
 
 
+def open_packed(params: Params) -> PackedDataset:
+    """The packed dataset, normalised as the backbone needs (model.mean/std) or, by default,
+    by its own statistics: what training, inference and the model file all use."""
+    data = PackedDataset.open(layout.packed_dir(params.data.name))
+    if params.model.mean is not None:
+        data = replace(data, mean=list(params.model.mean), std=list(params.model.std))
+    return data
+
+
 def open_split(params: Params) -> tuple[PackedDataset, pd.DataFrame]:
     """The packed dataset and the split table that gives each of its images a role."""
-    data = PackedDataset.open(layout.packed_dir(params.data.name))
+    data = open_packed(params)
     table = read_parquet(layout.SPLIT)
     if len(table) != len(data.labels):
         raise UserError(f"{layout.SPLIT}: stale for this dataset; {rerun_hint(layout.SPLIT)}")

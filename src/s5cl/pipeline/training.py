@@ -79,7 +79,7 @@ def _train_and_save(stage: stages.Stage, params: Params) -> str | None:
     data, split = open_split(params)
     previous = previous_model(phase.continues, params) if phase.continues else None
     if previous is None:
-        model = build_model(params.model, data.num_classes, params.seed)
+        model = build_model(params.model, data.num_classes, params.seed, data.images.shape[1])
     else:
         model = model_from_checkpoint(previous)
     objective = make_objective(

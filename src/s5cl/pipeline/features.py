@@ -1,0 +1,40 @@
+"""Stage `features`: with model.freeze: all, the frozen encoder's features of every image,
+once (s5cl.features); otherwise a note that training runs through the encoder."""
+
+from __future__ import annotations
+
+from s5cl import layout
+from s5cl.device import configure, pick_device
+from s5cl.features import INFO, made_from, write_features
+from s5cl.io import atomic_dir, write_json
+from s5cl.models import build_model
+from s5cl.params import Params
+from s5cl.pipeline.common import open_packed
+
+
+def features(params: Params) -> str:
+    cfg = params.model
+    with atomic_dir(layout.FEATURES) as folder:
+        if not cfg.from_features:
+            write_json(folder / INFO, {"used": False, "freeze": cfg.freeze})
+            return f"not used (model.freeze is {cfg.freeze}: training runs through the encoder)"
+        data = open_packed(params)
+        device = pick_device()
+        # The encoder the training phases will build: same params, same seed.
+        model = build_model(cfg, data.num_classes, params.seed, int(data.images.shape[1]))
+        configure(model, params.compute, device)
+        images, passes = write_features(model, data, params, device, folder)
+        info = {
+            "used": True,
+            "made_from": made_from(params, layout.packed_dir(params.data.name)),
+            "images": images,
+            "views": cfg.feature_views,
+            "dim": model.embedder.in_features,
+            "dtype": "float16",
+        }
+        write_json(folder / INFO, info)
+    return (
+        f"{images} images x ({cfg.feature_views} weak + {cfg.feature_views} strong views + "
+        f"plain): {passes} batches through {cfg.arch}, {model.embedder.in_features} features "
+        f"each -> {layout.FEATURES}"
+    )
