@@ -168,6 +168,22 @@ def test_frozen_parts_stay_bit_identical_and_get_no_optimizer_state(cfg, trained
         assert [g["lr"] for g in objective.optimizer.param_groups] == [0.5e-3, 1e-3]
 
 
+def test_resume_checkpoints_leave_out_the_frozen_parts_and_restore_the_rest():
+    cfg = ModelParams(freeze="all_but_last_1")
+    torch.manual_seed(0)
+    trained = S5CLNet(4, cfg)
+    torch.nn.init.normal_(trained.encoder.layer4[0].conv1.weight)  # "trained" since
+    state = trained.trained_state()
+    assert all(k.startswith(("encoder.layer4.", "embedder.", "classifier.")) for k in state)
+    torch.manual_seed(0)
+    rebuilt = S5CLNet(4, cfg)  # as a resumed run builds it
+    rebuilt.load_trained_state(state)
+    for key, tensor in trained.state_dict().items():
+        assert torch.equal(rebuilt.state_dict()[key], tensor), key
+    with pytest.raises(RuntimeError, match="another network"):
+        S5CLNet(4, ModelParams()).load_trained_state(state)
+
+
 def test_a_head_step_from_cached_features_equals_a_step_through_the_frozen_backbone():
     """The same views, once through the frozen encoder and once as its cached fp16 features:
     the same loss and the same updated heads. The encoder's output is rounded to fp16 as the
@@ -219,11 +235,11 @@ def test_frozen_run_from_cached_features_on_digits(project, monkeypatch):
     """The whole pipeline with a frozen random ResNet-18: the features stage caches views,
     the phases train only the heads from it, evaluate and pseudolabel run the full model."""
     write_params(project, TINY)
-    sets = ["model.freeze=all", "model.feature_views=2"]
+    sets = ["model.freeze=all", "model.feature_views=1"]
     params = _in_process(project, monkeypatch, sets, *ALL)
     info = (project / layout.FEATURES_INFO).read_text()
     views = np.load(project / layout.FEATURES / "views.npy", mmap_mode="r")
-    assert views.shape == (1797, 2, 2, 512) and views.dtype == np.float16
+    assert views.shape == (1797, 2, 1, 512) and views.dtype == np.float16
     assert '"used": true' in info
     fresh = build_model(params.model, 10, params.seed, 32).encoder.state_dict()
     for stage in ("warmup", "retrain"):
@@ -296,3 +312,52 @@ def test_frozen_vit_from_a_safetensors_file_on_pbc240(project, monkeypatch, tmp_
     model = model_from_checkpoint(final)
     assert model.embedder.in_features == 192
     assert len(np.load(layout.FEATURES / "plain.npy", mmap_mode="r")) == 8 * 240
+
+
+def _in_transformers_4_names(state: dict) -> dict:
+    """transformers 5 names (what is installed) -> the 4.x names published files carry."""
+    out = {}
+    for key, value in state.items():
+        for new, old in (("attention.q_proj", "attention.attention.query"),
+                         ("attention.k_proj", "attention.attention.key"),
+                         ("attention.v_proj", "attention.attention.value"),
+                         ("attention.o_proj", "attention.output.dense"),
+                         ("mlp.down_proj", "mlp.weights_out")):  # fmt: skip
+            key = key.replace(new, old)
+        if "mlp.up_proj" in key:
+            continue
+        if "mlp.gate_proj" in key:  # 4.x packs gate and up into weights_in
+            value = torch.cat([value, state[key.replace("gate_proj", "up_proj")]])
+            key = key.replace("gate_proj", "weights_in")
+        out[key] = value
+    return out
+
+
+@pytest.mark.parametrize("old_names", [False, True], ids=["transformers5", "transformers4"])
+@pytest.mark.parametrize("swiglu", [False, True], ids=["mlp", "swiglu"])
+def test_transformers_dinov2_weights_load_into_timm_and_give_the_same_features(
+    tmp_path, swiglu, old_names
+):
+    """Phikon-v2 and Midnight ship transformers' Dinov2Model weights. Oracle: a random
+    Dinov2Model from transformers itself, its file loaded into the timm ViT of the same shape,
+    the same tokens out (after the final norm)."""
+    transformers = pytest.importorskip("transformers")
+    config = transformers.Dinov2Config(
+        hidden_size=64, num_hidden_layers=2, num_attention_heads=4, image_size=28,
+        patch_size=14, use_swiglu_ffn=swiglu, layerscale_value=0.5,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    oracle = transformers.Dinov2Model(config).eval()
+    path = tmp_path / "model.safetensors"
+    _save(_in_transformers_4_names(oracle.state_dict()) if old_names else oracle.state_dict(), path)
+    kwargs = {"img_size": 28, "patch_size": 14, "embed_dim": 64, "depth": 2, "num_heads": 4,
+              "init_values": 1.0, "mlp_ratio": 5.5 if swiglu else 4.0}  # fmt: skip
+    if swiglu:
+        kwargs |= {"mlp_layer": "SwiGLUPacked", "act_layer": "SiLU"}
+    cfg = ModelParams(arch="timm:vit_base_patch16_224", kwargs=kwargs, weights=str(path))
+    model = S5CLNet(3, cfg, image_size=28).eval()
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        ours = model.encoder.forward_features(x)
+        theirs = oracle(pixel_values=x).last_hidden_state
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)

@@ -172,18 +172,72 @@ def read_state_dict(path: Path, arch: str) -> dict[str, torch.Tensor]:
     return state
 
 
+# Hugging Face transformers' DINOv2 names (4.x, in which Phikon-v2 and Midnight were saved, and
+# 5.x) -> timm's VisionTransformer names. Stacked: parts concatenated into one timm tensor.
+HF_STACKED = (
+    (("attention.attention.query", "attention.attention.key", "attention.attention.value"),
+     "attn.qkv"),
+    (("attention.q_proj", "attention.k_proj", "attention.v_proj"), "attn.qkv"),
+    (("mlp.gate_proj", "mlp.up_proj"), "mlp.fc1"),  # SwiGLU: silu(gate) * up, as SwiGLUPacked
+)  # fmt: skip
+HF_RENAMED = {
+    "embeddings.cls_token": "cls_token",
+    "embeddings.register_tokens": "reg_token",
+    "embeddings.position_embeddings": "pos_embed",
+    "embeddings.patch_embeddings.projection.": "patch_embed.proj.",
+    "attention.output.dense.": "attn.proj.",
+    "attention.o_proj.": "attn.proj.",
+    "layer_scale1.lambda1": "ls1.gamma",
+    "layer_scale2.lambda1": "ls2.gamma",
+    "mlp.weights_in.": "mlp.fc1.",  # 4.x SwiGLU, packed already
+    "mlp.weights_out.": "mlp.fc2.",
+    "mlp.down_proj.": "mlp.fc2.",
+    "layernorm.": "norm.",
+}
+
+
+def from_transformers_dinov2(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A state dict of transformers' Dinov2Model (Phikon-v2 and Midnight ship theirs so) in
+    timm's names, the mask token dropped; any other state dict is returned as it is."""
+    if "embeddings.patch_embeddings.projection.weight" not in state:
+        return state
+    out: dict[str, torch.Tensor] = {}
+    stacked: dict[str, list[torch.Tensor | None]] = {}
+    for key, value in state.items():
+        if key == "embeddings.mask_token":
+            continue
+        name = key.replace("encoder.layer.", "blocks.")
+        for parts, target in HF_STACKED:
+            found = next((i for i, part in enumerate(parts) if f".{part}." in name), None)
+            if found is not None:
+                block, _, leaf = name.partition(f".{parts[found]}.")
+                stacked.setdefault(f"{block}.{target}.{leaf}", [None] * len(parts))[found] = value
+                break
+        else:
+            for old, new in HF_RENAMED.items():
+                name = name.replace(old, new)
+            out[name] = value
+    for name, parts in stacked.items():
+        if any(part is None for part in parts):
+            raise UserError(f"model.weights: a DINOv2 file with part of {name} missing")
+        out[name] = torch.cat(parts)  # type: ignore[arg-type]
+    return out
+
+
 def load_encoder_weights(encoder: nn.Module, path: Path, arch: str) -> None:
     """Load the backbone weights in `path` into `encoder`. Accepted: a plain state dict or one
     wrapped in `state_dict`/`model` (this project's model files too), with `module.`,
-    `encoder.` or `backbone.` prefixes, in timm's format or one timm converts (DINOv2's, for
-    example); a classifier in the file is dropped. Keys that do not fit are one line with the
-    numbers of missing and unexpected keys and two examples of each."""
+    `encoder.` or `backbone.` prefixes, in timm's format, one timm converts (DINOv2's original
+    one, for example) or transformers' DINOv2 one; a classifier in the file is dropped. Keys
+    that do not fit are one line with the numbers of missing and unexpected keys and two
+    examples of each."""
     state = read_state_dict(path, arch)
     for prefix in PREFIXES:
         if state and all(k.startswith(prefix) for k in state if not k.startswith(OWN_HEADS)):
             state = {k.removeprefix(prefix): v for k, v in state.items()}
     state = {k: v for k, v in state.items() if not k.startswith(OWN_HEADS)}
     if timm_name(arch) is not None:
+        state = from_transformers_dinov2(state)
         convert = getattr(sys.modules[type(encoder).__module__], "checkpoint_filter_fn", None)
         if convert is not None:  # a file in another format is reported below
             with contextlib.suppress(Exception):

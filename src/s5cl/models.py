@@ -70,6 +70,27 @@ class S5CLNet(nn.Module):
         groups = [{"params": trained, "lr": lr * self.lr_scale}, {"params": heads}]
         return [group for group in groups if group["params"]]
 
+    def frozen_keys(self) -> set[str]:
+        """The state dict's keys of the frozen parts: their parameters and buffers."""
+        fixed = {id(t) for part in self.frozen for t in (*part.parameters(), *part.buffers())}
+        fixed |= {id(p) for p in self.parameters() if not p.requires_grad}
+        return {k for k, t in self.state_dict(keep_vars=True).items() if id(t) in fixed}
+
+    def trained_state(self) -> dict[str, torch.Tensor]:
+        """What training changes, on the CPU: a resume checkpoint holds only this, since the
+        frozen parts are rebuilt as they were (a frozen billion-parameter encoder would
+        otherwise be written at every checkpoint)."""
+        frozen = self.frozen_keys()
+        return {k: v.detach().cpu() for k, v in self.state_dict().items() if k not in frozen}
+
+    def load_trained_state(self, state: dict[str, torch.Tensor]) -> None:
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        if not set(missing) <= self.frozen_keys() or unexpected:
+            raise RuntimeError(
+                f"a resume checkpoint of another network: {len(missing)} keys missing, "
+                f"{len(unexpected)} unexpected"
+            )
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """B x 3 x H x W normalised images -> B x F features of the encoder."""
         return backbones.pool_features(self.encoder, self.encoder(x), self.pool)

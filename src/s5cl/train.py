@@ -145,7 +145,7 @@ def train(
     val_acc = float("nan")
 
     if saved is not None:  # continue exactly where the checkpoint left off
-        model.load_state_dict(saved["model"])
+        model.load_trained_state(saved["model"])
         objective.load_state_dict(saved)
         labeled_stream.load_state_dict(saved["labeled_stream"])
         if unlabeled_stream is not None:
@@ -214,7 +214,7 @@ def train(
                 resume.save(
                     {
                         "step": step + 1,
-                        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                        "model": model.trained_state(),  # frozen parts are rebuilt
                         **objective.state_dict(),
                         "labeled_stream": labeled_stream.state_dict(),
                         "unlabeled_stream": unlabeled_stream and unlabeled_stream.state_dict(),
