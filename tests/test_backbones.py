@@ -196,7 +196,7 @@ def test_a_head_step_from_cached_features_equals_a_step_through_the_frozen_backb
         cached = model.encode(x).half().float()  # what the features stage stores
     through, from_cache = copy.deepcopy(model), copy.deepcopy(model)
     through.encoder = torch.nn.Sequential(through.encoder, _ToHalfAndBack())
-    through.frozen = [through.encoder]
+    through.frozen = ["encoder"]
     phase = stages.get("s5cl").phase
     from s5cl.methods import UnlabeledTargets
 

@@ -282,16 +282,18 @@ def blocks(encoder: nn.Module) -> list[nn.Module]:
     )
 
 
-def frozen_parts(encoder: nn.Module, freeze: str) -> list[nn.Module]:
-    """The modules `freeze` keeps fixed: nothing, the whole encoder, or everything before its
-    last N blocks (what follows them, such as a final norm, trains with them)."""
+def frozen_parts(encoder: nn.Module, freeze: str) -> list[str]:
+    """The names (in `encoder`; "" is all of it) of the modules `freeze` keeps fixed: nothing,
+    the whole encoder, or everything before its last N blocks (what follows them, such as a
+    final norm, trains with them). Names, not modules: torchrun's SyncBatchNorm replaces
+    BatchNorm modules, and a frozen one must stay in eval mode after that too."""
     match = FREEZE.fullmatch(freeze)
     if match is None:
         raise UserError(f"model.freeze={freeze!r}: use none, all or all_but_last_<N>")
     if freeze == "none":
         return []
     if freeze == "all":
-        return [encoder]
+        return [""]
     trained = int(match.group(1))
     found = blocks(encoder)
     if trained > len(found):
@@ -310,4 +312,5 @@ def frozen_parts(encoder: nn.Module, freeze: str) -> list[nn.Module]:
             continue
         if not after:
             frozen.append(child)  # the stem: patch embedding, first convolution
-    return frozen
+    names = {id(module): name for name, module in encoder.named_modules()}
+    return [names[id(module)] for module in frozen]

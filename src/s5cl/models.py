@@ -45,9 +45,12 @@ class S5CLNet(nn.Module):
             backbones.load_encoder_weights(self.encoder, Path(weights), cfg.arch)
         self.embedder = nn.Linear(backbones.feature_dim(self.encoder, cfg.pool), cfg.embedding_dim)
         self.classifier = nn.Linear(cfg.embedding_dim, num_classes)
-        self.frozen = backbones.frozen_parts(self.encoder, cfg.freeze)
-        for part in self.frozen:
-            part.requires_grad_(False)
+        self.frozen = [  # names of the frozen modules
+            f"encoder.{name}".rstrip(".")
+            for name in backbones.frozen_parts(self.encoder, cfg.freeze)
+        ]
+        for name in self.frozen:
+            self.get_submodule(name).requires_grad_(False)
         if cfg.freeze != "none":  # a ViT's own tokens and position embedding: its stem
             for parameter in self.encoder.parameters(recurse=False):
                 parameter.requires_grad_(False)
@@ -55,8 +58,8 @@ class S5CLNet(nn.Module):
 
     def train(self, mode: bool = True) -> S5CLNet:
         super().train(mode)
-        for part in self.frozen:
-            part.eval()
+        for name in self.frozen:
+            self.get_submodule(name).eval()
         return self
 
     def optimizer_groups(self, lr: float) -> list[dict[str, Any]]:
@@ -72,9 +75,12 @@ class S5CLNet(nn.Module):
 
     def frozen_keys(self) -> set[str]:
         """The state dict's keys of the frozen parts: their parameters and buffers."""
-        fixed = {id(t) for part in self.frozen for t in (*part.parameters(), *part.buffers())}
-        fixed |= {id(p) for p in self.parameters() if not p.requires_grad}
-        return {k for k, t in self.state_dict(keep_vars=True).items() if id(t) in fixed}
+        fixed = {p for p, t in self.named_parameters() if not t.requires_grad}
+        return {
+            key
+            for key in self.state_dict()
+            if key in fixed or any(key.startswith(f"{name}.") for name in self.frozen)
+        }
 
     def trained_state(self) -> dict[str, torch.Tensor]:
         """What training changes, on the CPU: a resume checkpoint holds only this, since the
