@@ -57,17 +57,18 @@ def restore_rng_states(states: dict[str, Any], generator: torch.Generator) -> No
     generator.set_state(states["generator"])
 
 
-def input_files(stage: stages.Stage, dataset: str) -> list[Path]:
+def input_files(stage: stages.Stage, params: Params) -> list[Path]:
     """The files whose md5 stands for the stage's inputs: each file it reads, and for the
     packed images their index (the md5 of every image) and stats (hashing a packed file of
     15 GB at every start would take minutes)."""
-    packed = layout.packed_dir(dataset)
+    packed = layout.packed_dir(params.data.name)
     files = []
-    for path in map(Path, stages.resolve_paths(stage.deps, dataset)):
+    for path in map(Path, stages.resolve_paths(stage.deps, params.data.name)):
         if path == packed:
             files += [path / INDEX, path / STATS]
-        elif path == layout.FEATURES:  # what the cache was made from, md5s included
-            files.append(layout.FEATURES_INFO)
+        elif path == layout.FEATURES:  # read only with a frozen encoder
+            if params.model.from_features:  # what the cache was made from, md5s included
+                files.append(layout.FEATURES_INFO)
         else:
             files.append(path)
     return files
@@ -78,7 +79,7 @@ def fingerprint(stage: stages.Stage, params: Params) -> dict[str, Any]:
     on (dotted keys), the md5 of each input file, and the number of processes."""
     return {
         "params": values_of(params, stage.params),
-        "inputs": {str(path): md5_file(path) for path in input_files(stage, params.data.name)},
+        "inputs": {str(path): md5_file(path) for path in input_files(stage, params)},
         "processes": distributed.world_size(),
     }
 
