@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
@@ -93,11 +94,20 @@ def main() -> None:
     if not PBC.is_dir():
         sys.exit(f"{PBC}: absent (../shared/data is needed)")
     images = 64 if args.quick else args.images
+    work = Path(tempfile.mkdtemp(prefix="s5cl-frozen-"))
+    os.chdir(work)  # the stages read and write relative to a project root
+    try:
+        measure(args, images, work)
+    finally:
+        os.chdir(ROOT)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure(args: argparse.Namespace, images: int, work: Path) -> None:
+    """Everything above, in the temporary project `work` (the current folder)."""
     phase_steps = 120
     stage = stages.get("s5cl")
     device = pick_device()
-    work = Path(tempfile.mkdtemp(prefix="s5cl-frozen-"))
-    os.chdir(work)  # the stages read and write relative to a project root
     tree = subset(work / "cells", images)
     cached = params_for(args.quick, tree, args.views, phase_steps, "all")
     for name in ("download", "prepare"):
