@@ -8,12 +8,15 @@ import sys
 from .conftest import PBC, ROOT, needs_shared
 
 
+def _quick(script: str) -> subprocess.CompletedProcess:
+    """bench/<script>.py --quick, which must exit 0."""
+    command = [sys.executable, str(ROOT / f"bench/{script}.py"), "--quick"]
+    return subprocess.run(command, capture_output=True, text=True, check=True)
+
+
 @needs_shared()
 def test_prepare_scaling_quick_mode_prints_its_table():
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "bench/prepare_scaling.py"), "--quick"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+    out = _quick("prepare_scaling")
     rows = {line.split()[0]: line.split() for line in out.stdout.splitlines()[2:]}
     assert rows["pbc-240"][2] == str(len(list(PBC.glob("*/*.jpg"))))
     assert rows["synthetic-100"][2] == "100"
@@ -22,10 +25,7 @@ def test_prepare_scaling_quick_mode_prints_its_table():
 
 @needs_shared()
 def test_speed_quick_mode_runs_both_designs_and_prints_the_ratios():
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "bench/speed.py"), "--quick"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+    out = _quick("speed")
     last = out.stdout.strip().splitlines()[-1]
     assert re.fullmatch(r"data-path speedup [0-9.]+x, train-step speedup [0-9.]+x", last), last
     assert "GPU estimate: 3906 steps" in out.stdout
@@ -33,10 +33,7 @@ def test_speed_quick_mode_runs_both_designs_and_prints_the_ratios():
 
 @needs_shared()
 def test_frozen_quick_mode_runs_both_designs_and_prints_the_ratios():
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "bench/frozen.py"), "--quick"],
-        capture_output=True, text=True, check=True,
-    )  # fmt: skip
+    out = _quick("frozen")
     last = out.stdout.strip().splitlines()[-1]
     assert re.fullmatch(
         r"per-step speedup [0-9.]+x, phase speedup [0-9.]+x \(features stage included\)", last

@@ -58,9 +58,7 @@ def _timm_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 def create_encoder(arch: str, kwargs: dict[str, Any], pool: str, imagenet: bool) -> nn.Module:
     """The backbone without its classifier, random or with ImageNet weights (a download)."""
     name = timm_name(arch)
-    if name is None:
-        if kwargs:
-            raise UserError(f"model.kwargs: only read for timm:<name> models, not {arch}")
+    if name is None:  # (kwargs on a ResNet are refused by ModelParams)
         import torchvision
 
         encoder = torchvision.models.get_model(arch, weights="DEFAULT" if imagenet else None)

@@ -199,7 +199,7 @@ class ModelParams(Section):
         return freeze
 
     @model_validator(mode="after")
-    def _normalisation_whole(self) -> ModelParams:
+    def _consistent(self) -> ModelParams:
         if (self.mean is None) != (self.std is None):
             raise ValueError("model.mean and model.std: set both or neither")
         if self.std is not None and min(self.std) <= 0:

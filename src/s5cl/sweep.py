@@ -75,10 +75,11 @@ def run_one(
     `sets` are `--set` overrides (Snakemake passes its config this way)."""
     base = load_params(params_file, sets)
     overrides = base.sweep.sets_of(variant) + run_overrides(base, method, budget, seed)
-    weights = load_params(params_file, sets + overrides).model.weights
+    params = load_params(params_file, sets + overrides)
+    weights = params.model.weights
     if weights not in ("none", "imagenet") and not Path(weights).is_absolute():
         overrides.append(f"model.weights={Path(weights).resolve()}")  # the run works in `out`
-    params = load_params(params_file, sets + overrides)
+        params = load_params(params_file, sets + overrides)
     packed = layout.packed_dir(params.data.name).resolve()
     if not packed.is_dir():
         raise UserError(f"{packed}: missing; run download and prepare first (snakemake prepare)")

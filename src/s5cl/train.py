@@ -68,11 +68,12 @@ def validation_accuracy(
         return float("nan")
     if cache is None:
         _, probs = embed_and_predict(model, data, val, device)
+        predicted = probs.argmax(1)
     else:
         with torch.no_grad():
-            probs = model(cache.plain_features(val, device)).cpu().numpy()
+            predicted = model(cache.plain_features(val, device)).argmax(1).cpu().numpy()
     model.train()
-    return float((probs.argmax(1) == data.labels[val]).mean())
+    return float((predicted == data.labels[val]).mean())
 
 
 class NoLog:
