@@ -4,7 +4,7 @@ VENV := .venv
 PYTHON ?= python3
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-.PHONY: run test setup slurm
+.PHONY: run test setup slurm browser
 setup: $(VENV)/.installed
 
 # torch/torchvision are pinned in pyproject.toml; pip takes them from the local wheel cache.
@@ -27,6 +27,16 @@ slurm:
 	    >/dev/null || echo "note: could not install slurm-wlm and munge; tests/test_slurm.py will skip"; \
 	else echo "note: slurm-wlm and munge are not installed; tests/test_slurm.py will skip"; fi
 
-test: setup slurm
+# tests/test_labelling.py drives the labelling page in Debian's chromium with chromium-driver:
+# installed the same way (as root with apt-get), else that test is skipped, saying why.
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver && exit 0; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing chromium and chromium-driver (apt-get) for tests/test_labelling.py"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium \
+	    chromium-driver >/dev/null || echo "note: could not install chromium; its test will skip"; \
+	else echo "note: chromium and chromium-driver are not installed; tests/test_labelling.py will skip"; fi
+
+test: setup slurm browser
 	ruff check src stages tests bench
 	pytest

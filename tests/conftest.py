@@ -35,7 +35,7 @@ def project(tmp_path: Path) -> Path:
 
 def make_project(dest: Path) -> Path:
     dest.mkdir()
-    for name in ("stages", "src", "workflow"):
+    for name in ("stages", "src", "workflow", "labels"):
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("dvc.yaml", "params.yaml", ".gitignore"):
         shutil.copy(ROOT / name, dest / name)

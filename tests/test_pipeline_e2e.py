@@ -31,8 +31,8 @@ from .conftest import (
 )
 from .kills import Kill, kill_during, leftovers, rerun_until_done, results, summarise_rerun
 
-STAGES = ["download", "prepare", "split", "features", "warmup", "s5cl", "pseudolabel", "retrain"]
-STAGES += ["evaluate", "report"]
+STAGES = ["download", "prepare", "features", "coldstart", "split", "warmup", "s5cl"]
+STAGES += ["pseudolabel", "retrain", "evaluate", "report", "suggest"]
 MODELS = ("warmup", "s5cl", "final")
 
 
@@ -67,7 +67,22 @@ def _check_outputs(project):
     assert sorted(pseudo["index"]) == sorted(split.loc[split["role"] == "unlabeled", "index"])
     assert "coverage" in json.loads((project / "metrics/pseudolabel.json").read_text())
     _check_report(project / "report/index.html")
+    _check_suggestions(project, split)
     return scores
+
+
+def _check_suggestions(project: Path, split: pd.DataFrame) -> None:
+    """The suggest stage: suggest.count unlabeled images, best first, with the final model's
+    prediction, and their contact sheet (a thumbnail each)."""
+    table = pd.read_csv(project / "suggest/to_label.csv")
+    assert list(table.columns) == ["rank", "path", "row", "score", "prediction", "confidence"]
+    assert list(table["rank"]) == list(range(1, 21)) and table["row"].is_unique
+    assert (split.set_index("index").loc[table["row"], "role"] == "unlabeled").all()
+    index = pd.read_parquet(project / "data/packed/digits/index.parquet")
+    assert list(index["path"][table["row"]]) == list(table["path"])
+    assert table["confidence"].between(0.1, 1).all()  # the top class of 10
+    sheet = Image.open(project / "suggest/contact_sheet.png")
+    assert sheet.size == (8 * 128, 3 * (128 + 18))  # 20 thumbnails, 8 a row
 
 
 def _check_report(page: Path) -> None:

@@ -1,5 +1,6 @@
 """The comparison sweep under Snakemake, and the presets that configure it."""
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -121,3 +122,45 @@ def test_presets_are_valid_params_over_params_yaml(preset: Path):
     assert checked.sweep.methods == ["ce", "supcon", "fixmatch", "mpl", "s5cl"]
     assert checked.augment.flip_rotate
     assert checked.resources.of("sweep_run").gpus == 1  # one GPU per run on a cluster
+
+
+def test_a_cold_start_selection_then_a_simulated_round_of_suggest(project):
+    """sweep.selections and sweep.rounds, through `python -m s5cl.sweep run`: the labeled images
+    chosen by k-center on the coldstart embedding, then suggest.count more chosen by margin and
+    answered by the dataset's labels, retrained and scored at the larger budget."""
+    config = _overlay(TINY) | {
+        "coldstart": {"steps": 2},
+        "suggest": {"strategy": "margin", "count": 10},
+        "sweep": {"methods": ["s5cl"], "selections": ["random", "kcenter"], "rounds": 1},
+    }
+    run(["python", "stages/download.py"], project)
+    run(["python", "stages/prepare.py"], project)
+    sets = []
+    for section, values in config.items():
+        sets += [f"--set={section}.{key}={json.dumps(v)}" for key, v in values.items()]
+    out = project / "results/sweep/kcenter/s5cl/1/0"
+    cmd = ["python", "-m", "s5cl.sweep", *sets, "run", "--variant", "kcenter", "--method", "s5cl"]
+    said = run([*cmd, "--budget", "1", "--seed", "0", "--out", str(out)], project).stdout
+    assert "labeled chosen by kcenter" in said and "round 1: suggest: 10 of" in said
+
+    labels = pd.read_csv(out / "labels/labels.csv")
+    index = pd.read_parquet(project / "data/packed/digits/index.parquet").set_index("path")
+    truth = index.loc[labels["path"], "class_name"].to_numpy()
+    assert len(labels) == 10 and (labels["label"].astype(str) == truth).all()  # the oracle's
+    split = pd.read_parquet(out / "data/splits/split.parquet")
+    assert (split["role"] == "labeled").sum() == 20  # 10 classes x 1, then 10 more
+    rows = index.index.get_indexer(labels["path"])
+    assert set(rows) <= set(split.index[split["role"] == "labeled"])
+    run_json = json.loads((out / "run.json").read_text())
+    assert [(r["round"], r["labeled"]) for r in run_json["rounds"]] == [(0, 10), (1, 20)]
+
+    aggregated = run(["python", "-m", "s5cl.sweep", *sets, "aggregate", "--out", "results",
+                      str(out / "run.json")], project)  # fmt: skip
+    table = pd.read_csv(project / "results/summary.csv")
+    assert list(zip(table["variant"], table["budget"], table["round"], strict=True)) == [
+        ("kcenter", 1, 0),
+        ("kcenter", 2, 1),
+    ]
+    first = json.loads((out / "rounds/0/metrics/evaluate.json").read_text())
+    assert table["accuracy"][0] == first["final"]["accuracy"]
+    assert "aggregate: 2 runs" in aggregated.stdout

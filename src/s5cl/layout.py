@@ -6,6 +6,9 @@ from pathlib import Path
 SPLIT = Path("data/splits/split.parquet")
 FEATURES = Path("data/features")  # the frozen encoder's cached features (model.freeze: all)
 FEATURES_INFO = FEATURES / "features.json"  # what they were made from
+COLDSTART = Path("data/coldstart")  # the embedding split.select chooses on (s5cl.coldstart)
+LABELS = Path("labels")  # what people labeled: s5cl label writes labels/labels.csv
+SUGGEST = Path("suggest")  # the next images to label: to_label.csv, contact_sheet.png
 PSEUDO = Path("data/pseudo/pseudo.parquet")
 MODELS = Path("models")
 METRICS = Path("metrics")

@@ -37,13 +37,13 @@ from s5cl.stages import Phase
 METHODS = ("ce", "supcon", "s5cl", "fixmatch", "mpl")
 
 
-def _optimizer(model: S5CLNet, cfg: SupervisedParams) -> torch.optim.Optimizer:
+def optimizer_for(model: S5CLNet, cfg: SupervisedParams) -> torch.optim.Optimizer:
     """Adamax over what the model trains (frozen encoder parts get no state)."""
     groups = model.optimizer_groups(cfg.lr)
     return torch.optim.Adamax(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, what: str, step: int) -> None:
+def update_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, what: str, step: int) -> None:
     if not distributed.all_finite(loss):  # on every rank, so all ranks stop together
         raise FloatingPointError(f"{what} is {loss.item()} at step {step}")
     optimizer.zero_grad(set_to_none=True)
@@ -151,7 +151,7 @@ class ContrastiveObjective(_OneOptimizer):
         self.model, self.cfg, self.w_l, self.num_classes = model, cfg, w_l, num_classes
         self.targets = targets
         self.uses_unlabeled = targets is not None
-        self.optimizer = _optimizer(model, cfg)
+        self.optimizer = optimizer_for(model, cfg)
         self.net = model
 
     def update(
@@ -165,7 +165,7 @@ class ContrastiveObjective(_OneOptimizer):
             )
             loss_fn = S5CLLoss(cfg.tau_l, self.w_l, cfg.w_c, tau, weight)
         loss, parts, logits = step_loss(self.net, x, y_l, y_u, loss_fn)
-        _step(self.optimizer, loss, "the loss", step)
+        update_step(self.optimizer, loss, "the loss", step)
         return parts, logits
 
 
@@ -210,7 +210,7 @@ class FixMatchObjective(_OneOptimizer):
 
     def __init__(self, model: S5CLNet, cfg: SupervisedParams, threshold: float, weight: float):
         self.model, self.threshold, self.weight = model, threshold, weight
-        self.optimizer = _optimizer(model, cfg)
+        self.optimizer = optimizer_for(model, cfg)
         self.net = model
 
     def update(
@@ -221,7 +221,7 @@ class FixMatchObjective(_OneOptimizer):
         logits_l = logits[:n_l]
         weak_u, strong_u = logits[2 * n_l :].chunk(2)
         loss, parts = fixmatch_loss(logits_l, y_l, weak_u, strong_u, self.threshold, self.weight)
-        _step(self.optimizer, loss, "the FixMatch loss", step)
+        update_step(self.optimizer, loss, "the FixMatch loss", step)
         return parts, logits_l
 
 
@@ -251,8 +251,8 @@ class MPLObjective:
 
     def __init__(self, student: S5CLNet, teacher: S5CLNet, cfg: SupervisedParams):
         self.model, self.teacher = student, teacher
-        self.optimizer = _optimizer(student, cfg)
-        self.teacher_optimizer = _optimizer(teacher, cfg)
+        self.optimizer = optimizer_for(student, cfg)
+        self.teacher_optimizer = optimizer_for(teacher, cfg)
         self.net, self.teacher_net = student, teacher  # what the steps call
 
     def networks(self) -> list[S5CLNet]:
@@ -280,13 +280,13 @@ class MPLObjective:
         s_logits_l, s_logits_u = s_logits.split([n_l, n_u])
         s_loss_l_before = F.cross_entropy(s_logits_l.detach(), y_l)
         s_loss = F.cross_entropy(s_logits_u, pseudo)
-        _step(self.optimizer, s_loss, "the MPL student's loss", step)
+        update_step(self.optimizer, s_loss, "the MPL student's loss", step)
         with torch.no_grad():
             s_loss_l_after = F.cross_entropy(self.net(x_l), y_l)
         h = distributed.mean({"h": (s_loss_l_before - s_loss_l_after).item()})["h"]  # global
 
         t_loss = mpl_teacher_loss(t_logits_l, y_l, t_logits_u_strong, pseudo, h)
-        _step(self.teacher_optimizer, t_loss, "the MPL teacher's loss", step)
+        update_step(self.teacher_optimizer, t_loss, "the MPL teacher's loss", step)
         parts = {
             "loss": s_loss.item(),
             "loss_teacher": t_loss.item(),

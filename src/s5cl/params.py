@@ -97,6 +97,11 @@ class DataParams(Section):
         return mirror
 
 
+# Which images get labels: split.select (no model yet) and suggest.strategy (s5cl.selection)
+ColdStart = Literal["random", "typiclust", "probcover", "kcenter"]
+Strategy = Literal["random", "typiclust", "probcover", "kcenter", "margin", "badge"]
+
+
 class SplitParams(Section):
     """The label budget and the held-out sets: every image is labeled, unlabeled, val or
     test exactly once, stratified per class, drawn from `seed`."""
@@ -120,6 +125,17 @@ class SplitParams(Section):
     )
     label_fraction: float | None = Field(
         None, gt=0, le=1, description="the label budget as a fraction of each class's pool"
+    )
+    select: ColdStart = Field(
+        "random",
+        description="which images of the pool get the labels: random per class, or chosen on "
+        "the coldstart stage's self-supervised embedding without seeing any class (the budget "
+        "is then classes x labels_per_class, or label_fraction of the whole pool)",
+    )
+    labeled_csv: str | None = Field(
+        None,
+        description="a CSV of path,label[,time] (what s5cl label writes: labels/labels.csv): "
+        "these images join the labeled set with these class names",
     )
 
     @model_validator(mode="after")
@@ -251,6 +267,27 @@ class ComputeParams(Section):
     )
 
 
+class ColdstartParams(Section):
+    """The self-supervised embedding the cold-start selections (split.select) choose on:
+    instance-only SupCon at s5cl.tau_u (an image's two views are its only positives), the
+    network, views, lr and unlabeled batch of s5cl, on the training pool; no label is read.
+    With model.freeze: all, the features stage's cached features are the embedding."""
+
+    steps: int = Field(200, ge=1, description="training steps of the embedding")
+
+
+class SuggestParams(Section):
+    """The next round: which unlabeled images to label now (suggest stage, s5cl suggest)."""
+
+    strategy: Strategy = Field(
+        "margin",
+        description="random | typiclust | probcover | kcenter (on the model's embedding) | "
+        "margin (least sure between the top two classes) | badge (uncertain and diverse)",
+    )
+    count: int = Field(20, ge=1, description="images to suggest")
+    batch_size: int = Field(512, ge=1, description="images a forward pass")
+
+
 class SupervisedParams(Section):
     """Training on labeled images only: SupCon(tau_l) + CE."""
 
@@ -373,6 +410,19 @@ class SweepParams(Section):
     )
     budgets: list[float] = Field([2], min_length=1, description="label budgets to compare")
     seeds: list[int] = Field([0], min_length=1, description="seeds of each method and budget")
+    selections: list[ColdStart] = Field(
+        ["random"],
+        min_length=1,
+        description="cold-start selections compared (split.select): each variant runs once "
+        "per selection, named <selection> (or <variant>-<selection> with variants)",
+    )
+    rounds: int = Field(
+        0,
+        ge=0,
+        description="after each run, this many rounds of suggest.count more labels chosen by "
+        "suggest.strategy and answered by the dataset's own labels (the oracle), each "
+        "retrained from split on and scored at its number of labels",
+    )
     metric: Metric = Field("accuracy", description="the figure's metric; the tables have all")
     reference: dict[str, dict[float, float]] | None = Field(
         None, description="published figures per method and budget, drawn dashed"
@@ -399,14 +449,30 @@ class SweepParams(Section):
                     )
         return self
 
+    def _named(self) -> dict[str, dict[str, Any]]:
+        """Each run variant's name and settings: a variant (`base` where none are given) per
+        selection; the selection in the name only where sweep.selections is not [random]."""
+        variants = self.variants or {"base": {}}
+        if self.selections == ["random"]:
+            return dict(variants)
+        return {
+            (selection if not self.variants else f"{name}-{selection}"): {
+                **settings,
+                "split.select": selection,
+            }
+            for name, settings in variants.items()
+            for selection in self.selections
+        }
+
     def variant_names(self) -> list[str]:
-        """The variants in order; `base` alone where none are given."""
-        return list(self.variants) or ["base"]
+        """The run variants in order (the first is the baseline)."""
+        return list(self._named())
 
     def _variant(self, name: str) -> dict[str, Any]:
-        if name not in self.variant_names():
-            raise UserError(f"variant {name!r}: not in sweep.variants {self.variant_names()}")
-        return self.variants.get(name, {})
+        named = self._named()
+        if name not in named:
+            raise UserError(f"variant {name!r}: not in sweep.variants {list(named)}")
+        return named[name]
 
     def methods_of(self, variant: str) -> list[str]:
         """The methods a variant runs: its own `methods`, else sweep.methods."""
@@ -503,6 +569,8 @@ class Params(Section):
     pseudolabel: PseudolabelParams = PseudolabelParams()
     retrain: RetrainParams = RetrainParams()
     evaluate: EvaluateParams = EvaluateParams()
+    coldstart: ColdstartParams = ColdstartParams()
+    suggest: SuggestParams = SuggestParams()
     checkpoint: CheckpointParams = CheckpointParams()
     sweep: SweepParams = SweepParams()
     resources: ResourcesParams = ResourcesParams()

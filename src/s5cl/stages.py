@@ -44,6 +44,8 @@ DATASET = "{dataset}"  # stands for data.name in the table's paths
 RAW, PACKED = directory(layout.raw_dir(DATASET)), directory(layout.packed_dir(DATASET))
 SPLIT, PSEUDO = str(layout.SPLIT), str(layout.PSEUDO)
 FEATURES = directory(layout.FEATURES)
+COLDSTART, LABELS = directory(layout.COLDSTART), directory(layout.LABELS)
+INPUTS = (LABELS,)  # what people write, not a stage (kept in git with a README, so it exists)
 CURVES = {"x": "step"}  # dvclive's per-step training curves, as DVC plots
 
 
@@ -149,14 +151,6 @@ STAGES: tuple[Stage, ...] = (
         resources={"cpus": 8, "mem_mb": 8000, "runtime": 60},
     ),
     Stage(
-        name="split",
-        run="s5cl.pipeline.split:split",
-        doc="every image once as labeled, unlabeled, val or test, stratified, from a seed",
-        deps=(PACKED,),
-        outs=(SPLIT,),
-        params=("seed", "split"),
-    ),
-    Stage(
         name="features",
         run="s5cl.pipeline.features:features",
         doc="a frozen encoder's features of cached weak and strong views of every image",
@@ -170,6 +164,32 @@ STAGES: tuple[Stage, ...] = (
             "compute",
         ),
         resources={"cpus": 8, "mem_mb": 8000, "runtime": 60},
+    ),
+    Stage(
+        name="coldstart",
+        run="s5cl.pipeline.coldstart:coldstart",
+        doc="a self-supervised embedding of the training pool (split.select not random)",
+        deps=(PACKED, FEATURES),
+        outs=(COLDSTART,),
+        # the pool (the held-out cuts), the network and views, s5cl's optimiser and tau_u
+        params=(
+            "seed",
+            *(f"split.{key}" for key in ("test_fraction", "val_fraction", "test_seed", "select")),
+            "model",
+            "augment",
+            "compute",
+            "s5cl",
+            "coldstart",
+        ),
+        resources={"cpus": 8, "mem_mb": 8000, "runtime": 60},
+    ),
+    Stage(
+        name="split",
+        run="s5cl.pipeline.split:split",
+        doc="every image once as labeled, unlabeled, val or test, stratified, from a seed",
+        deps=(PACKED, COLDSTART, LABELS),
+        outs=(SPLIT,),
+        params=("seed", "split"),
     ),
     _training(
         "warmup",
@@ -246,6 +266,16 @@ STAGES += (
         outs=(directory(layout.REPORT),),
         params=REPORTED,
         sweep=False,
+        resources=INFERENCE,
+    ),
+    Stage(
+        name="suggest",
+        run="s5cl.pipeline.suggest:suggest",
+        doc="the next images to label, by suggest.strategy on the final model: CSV and sheet",
+        deps=(PACKED, SPLIT, MODELS[-1]),
+        outs=(directory(layout.SUGGEST),),
+        params=("seed", "compute", "suggest"),
+        sweep=False,  # the sweep's rounds (sweep.rounds) call it themselves
         resources=INFERENCE,
     ),
 )

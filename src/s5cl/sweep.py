@@ -16,10 +16,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import sys
 import typing
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -91,6 +93,10 @@ def run_one(
     with _inside(out):
         for stage in stages.sweep_stages():
             print(f"{stage.name}: {stages.function(stage.name)(params)}", flush=True)
+        rounds = [keep_round(0)]
+        if params.sweep.rounds:
+            labeled = load_params(params_file, [*sets, *overrides, f"split.labeled_csv={LABELS}"])
+            rounds += [label_round(labeled, r) for r in range(1, params.sweep.rounds + 1)]
     run = {
         "variant": variant,
         "method": method,
@@ -99,9 +105,52 @@ def run_one(
         "seed": seed,
         "dataset": params.data.name,
         "overrides": overrides,
+        "rounds": rounds,
     }
     write_json(out / RUN, run)
     return run
+
+
+LABELS = "labels/labels.csv"  # a round's oracle answers, inside the run's folder
+AFTER_SPLIT = ("split", "warmup", "s5cl", "pseudolabel", "retrain", "evaluate")
+
+
+def keep_round(number: int) -> dict[str, Any]:
+    """Copy what round `number` scored (metrics/) to rounds/<number>/; say how many labels
+    it had (the current folder is the run's)."""
+    split = pd.read_parquet(layout.SPLIT)
+    folder = Path("rounds") / str(number)
+    if folder.exists():
+        shutil.rmtree(folder)
+    shutil.copytree(layout.METRICS, folder / layout.METRICS)
+    return {
+        "round": number,
+        "labeled": int((split["role"] == "labeled").sum()),
+        "folder": str(folder),
+    }
+
+
+def label_round(params: Params, number: int) -> dict[str, Any]:
+    """One simulated round of the loop suggest -> label -> retrain: suggest.count images chosen
+    by suggest.strategy on the last model, labeled with the dataset's own (hidden) labels as a
+    person would on the labelling page, then the stages from split on again."""
+    from s5cl.datasets.prepare import INDEX
+    from s5cl.labelling import LabelStore
+    from s5cl.pipeline.suggest import suggest
+    from s5cl.suggestions import TO_LABEL
+
+    print(f"round {number}: suggest: {suggest(params)}", flush=True)
+    chosen = pd.read_csv(layout.SUGGEST / TO_LABEL)["path"]
+    index = pd.read_parquet(
+        layout.packed_dir(params.data.name) / INDEX, columns=["path", "class_name"]
+    )
+    truth = index.set_index("path")["class_name"]
+    store = LabelStore(Path(LABELS))
+    for path in chosen:
+        store.answer(path, truth[path])
+    for name in AFTER_SPLIT:
+        print(f"round {number}: {name}: {stages.function(name)(params)}", flush=True)
+    return keep_round(number)
 
 
 MODELS = (("final", ""), ("warmup", "warmup_"), ("s5cl", "s5cl_phase_"))
@@ -119,18 +168,34 @@ def collect(
     the order of `variants` (sweep.variants: the first is the baseline), then budget, method
     and seed."""
     rows, right = [], {}
+    scored = []  # (run, its folder of metrics/, round, budget)
     for run_file in run_files:
         run = read_json(run_file)
-        folder = run_file.parent
+        rounds = run.get("rounds") or [{"round": 0, "folder": "."}]
+        first = rounds[0].get("labeled")
+        for one in rounds:
+            # after a round: the budget grown as the labeled set did (labels per class, or
+            # the fraction of the pool)
+            budget = run["budget"] * one["labeled"] / first if one["round"] else run["budget"]
+            scored.append((run, run_file.parent / one["folder"], one["round"], budget))
+    for run, folder, number, budget in scored:
         scores = read_json(folder / layout.METRICS / "evaluate.json")
         row = {"variant": run.get("variant", "base")}
-        row |= {k: run[k] for k in ("dataset", "method", "budget_kind", "budget", "seed")}
+        row |= {k: run[k] for k in ("dataset", "method", "budget_kind", "seed")}
+        row |= {"budget": round(budget, 6), "round": number}
         for model, prefix in MODELS:
             row |= {f"{prefix}{key}": scores[model][key] for key in SCALARS}
             row |= {f"{prefix}val_{k}": v for k, v in scores[model].get("val", {}).items()}
         rows.append(row)
         predictions = read_input(folder / layout.METRICS / "predictions.csv", pd.read_csv, "table")
-        right[(row["variant"], row["budget"], row["method"], row["seed"])] = pd.DataFrame(
+        key = (row["variant"], row["budget"], row["method"], row["seed"])
+        if key in right:
+            raise UserError(
+                f"two runs score {row['method']} of {row['variant']} at budget {row['budget']:g}, "
+                f"seed {row['seed']} (a round of sweep.rounds reaches another run's budget?); "
+                "drop one budget or round"
+            )
+        right[key] = pd.DataFrame(
             {m: predictions[m] == predictions["actual"] for m, _ in MODELS}
         ).set_index(predictions["image"])
     if not rows:

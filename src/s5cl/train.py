@@ -130,7 +130,7 @@ def train(
     labeled, val = indices(split, "labeled"), indices(split, "val")
     distributed.check_divides(cfg.batch_labeled, f"{phase.section}.batch_labeled")
     labeled_stream = LabeledBatches(
-        labeled, data.labels[labeled], cfg.batch_labeled, cfg.m_per_class
+        labeled, data.labels[labeled], cfg.batch_labeled, cfg.m_per_class, data.num_classes
     )
     unlabeled_stream = None
     if objective.uses_unlabeled:

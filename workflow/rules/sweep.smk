@@ -35,7 +35,9 @@ rule sweep_run:
         f"{SWEEP_DIR}/run.json",
         f"{SWEEP_DIR}/metrics/evaluate.json",
     params:
-        cached=cache_key(dict.fromkeys(k for s in SWEEP_STAGES for k in s.params)),
+        cached=cache_key(
+            [*dict.fromkeys(k for s in SWEEP_STAGES for k in s.params), "suggest", "sweep.rounds"]
+        ),
         variant=lambda wildcards: PARAMS.sweep.sets_of(wildcards.variant),
         out=lambda wildcards, output: os.path.dirname(output[0]),
     threads: threads_of("sweep_run")

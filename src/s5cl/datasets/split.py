@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pandas as pd
 
@@ -43,9 +45,15 @@ def make_split(
     class_names: list[str] | None = None,
     subsets: np.ndarray | None = None,
     original: np.ndarray | None = None,
+    choose: Callable[[np.ndarray, int], np.ndarray] | None = None,
 ) -> pd.DataFrame:
     """Stratified split: within each class, a seeded shuffle is cut into test, val, labeled and
     unlabeled. Returns one row per image: `index` (row of the packed dataset), `label`, `role`.
+
+    `choose(pool, budget)`, if given, picks the labeled images instead (split.select): from the
+    whole training pool (rows that are neither val, test nor a copy), `budget` of them, where
+    budget is classes x labels_per_class, or label_fraction of the pool; it sees no class. The
+    test and val cuts are the same with or without it.
 
     `subsets` (train/val/test per image) is the dataset's own split: its val and test images keep
     those roles (as in the paper: trained on NCT-CRC-HE-100K, tested on CRC-VAL-HE-7K), and the
@@ -61,6 +69,7 @@ def make_split(
     test_rng = rng if cfg.test_seed is None else np.random.default_rng(cfg.test_seed)
     roles = np.where(np.isin(subsets, ("val", "test")), subsets, None).astype(object)
     own_test, own_val = (subsets == "test").any(), (subsets == "val").any()
+    budget = 0  # labeled images, all classes
     for label in np.unique(labels):  # sorted, so the RNG stream is the same on every run
         pool = (labels == label) & (subsets == "train") & ~is_copy
         members = test_rng.permutation(np.flatnonzero(pool))
@@ -98,6 +107,16 @@ def make_split(
             "labeled",
             "unlabeled",
         )
+        budget += n_labeled
+    if choose is not None:
+        pool = np.flatnonzero(np.isin(roles, ("labeled", "unlabeled")))
+        if cfg.label_fraction is not None:
+            budget = max(1, round(cfg.label_fraction * len(pool)))
+        chosen = np.asarray(choose(pool, budget))
+        if len(np.unique(chosen)) != budget or not np.isin(chosen, pool).all():
+            raise ValueError(f"choose must return {budget} distinct rows of the pool")
+        roles[pool] = "unlabeled"
+        roles[chosen] = "labeled"
     roles[is_copy] = roles[original[is_copy]]
     check_not_empty(roles, cfg, labels)
     return pd.DataFrame({"index": np.arange(len(labels)), "label": labels, "role": roles})
@@ -121,3 +140,60 @@ def indices(split: pd.DataFrame, role: str) -> np.ndarray:
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
     return split.loc[split["role"] == role, "index"].to_numpy()
+
+
+LABELS_COLUMNS = ("path", "label")  # a labels CSV's columns (time, and any others, are kept out)
+
+
+def add_labels(
+    table: pd.DataFrame,
+    index: pd.DataFrame,
+    given: pd.DataFrame,
+    class_names: list[str],
+    source: str,
+) -> tuple[pd.DataFrame, int]:
+    """The split `table` with the images of `given` (path, label: a class name; what s5cl label
+    writes) labeled as given: each becomes `labeled` with that class, as do its copies.
+
+    `index` is the packed index (its `path` names the images). An image given twice, a path the
+    dataset does not have, a class it does not have, or an image of the val or test set (its
+    label would leak into training) is an error naming them in one line. Returns the new table
+    and how many of the given labels differ from the dataset's own.
+    """
+    missing = [c for c in LABELS_COLUMNS if c not in given.columns]
+    if missing:
+        raise UserError(f"{source}: no column {', '.join(missing)} (it needs path,label[,time])")
+    paths, names = given["path"].astype(str), given["label"].astype(str)
+    twice = sorted(set(paths[paths.duplicated()]))
+    if twice:
+        raise UserError(f"{source}: labeled twice: {', '.join(twice[:5])}; keep one answer each")
+    unknown = sorted(set(names) - set(class_names))
+    if unknown:
+        raise UserError(
+            f"{source}: unknown class {', '.join(map(repr, unknown))}; the classes are "
+            f"{', '.join(class_names)}"
+        )
+    row_of = pd.Series(np.arange(len(index)), index=index["path"].to_numpy())
+    absent = sorted(set(paths) - set(row_of.index))
+    if absent:
+        raise UserError(
+            f"{source}: {len(absent)} path(s) not in the dataset, e.g. {absent[0]} (paths as in "
+            "the suggest stage's to_label.csv)"
+        )
+    rows = row_of[paths.to_numpy()].to_numpy()
+    roles = table["role"].to_numpy().copy()
+    held_out = [p for p, r in zip(paths, rows, strict=True) if roles[r] in ("val", "test")]
+    if held_out:
+        raise UserError(
+            f"{source}: {', '.join(held_out[:3])} {'is' if len(held_out) == 1 else 'are'} in the "
+            "val or test set; labeling it would leak it into training: remove it"
+        )
+    labels = table["label"].to_numpy().copy()
+    given_labels = names.map(class_names.index).to_numpy()
+    changed = int((labels[rows] != given_labels).sum())
+    original = originals(index)
+    chosen = np.isin(original, original[rows])  # the images and all their copies
+    labels[rows], roles[chosen] = given_labels, "labeled"
+    copies = chosen & (original != np.arange(len(original)))
+    labels[copies] = labels[original[copies]]
+    return table.assign(label=labels, role=roles), changed

@@ -29,9 +29,21 @@ class LabeledBatches:
     """
 
     def __init__(
-        self, indices: np.ndarray, labels: np.ndarray, batch_size: int, m_per_class: int
+        self,
+        indices: np.ndarray,
+        labels: np.ndarray,
+        batch_size: int,
+        m_per_class: int,
+        all_classes: int | None = None,
     ) -> None:
         n_classes = len(np.unique(labels))
+        if all_classes is not None and n_classes < all_classes:
+            # Labels chosen blind to classes (split.select) or by hand may miss some: then m
+            # grows to the smallest divisor of the batch that fills it from the classes there.
+            m_per_class = next(
+                m for m in range(m_per_class, batch_size + 1)
+                if batch_size % m == 0 and m * n_classes >= batch_size
+            )  # fmt: skip
         if m_per_class * n_classes < batch_size:
             raise UserError(
                 f"batch_labeled={batch_size} needs m_per_class * classes >= batch, but "

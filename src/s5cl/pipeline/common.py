@@ -26,12 +26,14 @@ def open_packed(params: Params) -> PackedDataset:
 
 
 def open_split(params: Params) -> tuple[PackedDataset, pd.DataFrame]:
-    """The packed dataset and the split table that gives each of its images a role."""
+    """The packed dataset and the split table that gives each of its images a role. The
+    dataset's labels are the split's: they differ only where a person labeled an image
+    otherwise (split.labeled_csv), which training then follows."""
     data = open_packed(params)
     table = read_parquet(layout.SPLIT)
     if len(table) != len(data.labels):
         raise UserError(f"{layout.SPLIT}: stale for this dataset; {rerun_hint(layout.SPLIT)}")
-    return data, table
+    return replace(data, labels=table["label"].to_numpy()), table
 
 
 def for_inference(stage: str, params: Params, device: torch.device) -> S5CLNet:

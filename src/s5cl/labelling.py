@@ -1,0 +1,307 @@
+"""`s5cl label`: a small local web page to label the suggested images, one at a time.
+
+It serves suggest/to_label.csv's images on 127.0.0.1 (nothing leaves the machine): keys 1-9 or
+a button per class answer, `s` skips, `u` (or Backspace) undoes the last answer. Each answer is
+written at once to labels/labels.csv (path, label, time), the whole file replaced atomically,
+so stopping the page (Ctrl-C, a crash, a power cut) loses no answer given, and starting it
+again continues with the first image not labeled yet. `split.labeled_csv: labels/labels.csv`
+then trains with them on the next `dvc repro`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import threading
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from s5cl import layout
+from s5cl.datasets.packed import PackedDataset
+from s5cl.errors import UserError
+from s5cl.io import atomic_path, read_input
+from s5cl.suggestions import TO_LABEL
+
+LABELS_CSV = layout.LABELS / "labels.csv"
+SHOWN = 384  # pixels: the image is shown this large (nearest-neighbour, every pixel visible)
+
+
+class LabelStore:
+    """The answers in `path` (CSV: path, label, time), in the order given. Every change
+    rewrites the file whole through a temporary file and a rename: it is always complete."""
+
+    COLUMNS = ("path", "label", "time")
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows: list[dict[str, str]] = []
+        if path.exists():
+            frame = read_input(path, lambda p: pd.read_csv(p, dtype=str), "labels table")
+            if list(frame.columns[:2]) != ["path", "label"]:
+                raise UserError(f"{path}: columns {list(frame.columns)}; expected path,label,time")
+            self.rows = frame.fillna("").to_dict("records")
+
+    def labeled(self) -> set[str]:
+        return {row["path"] for row in self.rows}
+
+    def answer(self, path: str, label: str) -> None:
+        """Label `path` (again: a new answer replaces an earlier one)."""
+        self.rows = [row for row in self.rows if row["path"] != path]
+        self.rows.append({"path": path, "label": label, "time": datetime.now(UTC).isoformat()})
+        self._save()
+
+    def undo(self) -> str | None:
+        """Forget the last answer; return its path (None: nothing to undo)."""
+        if not self.rows:
+            return None
+        last = self.rows.pop()
+        self._save()
+        return last["path"]
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(self.path) as tmp:
+            pd.DataFrame(self.rows, columns=list(self.COLUMNS)).to_csv(tmp, index=False)
+
+
+class Session:
+    """What the page shows: the suggested images in rank order, those answered (the store),
+    those skipped in this session (shown again after a restart)."""
+
+    def __init__(
+        self, queue: pd.DataFrame, images: np.ndarray, classes: list[str], store: LabelStore
+    ):
+        self.queue, self.images, self.classes, self.store = queue, images, classes, store
+        self.skipped: set[str] = set()
+        self.lock = threading.Lock()
+
+    def current(self) -> pd.Series | None:
+        done = self.store.labeled() | self.skipped
+        for _, row in self.queue.iterrows():
+            if row["path"] not in done:
+                return row
+        return None
+
+    def state(self) -> dict[str, Any]:
+        row = self.current()
+        paths = set(self.queue["path"])
+        shown = None
+        if row is not None:
+            shown = {
+                "rank": int(row["rank"]),
+                "path": row["path"],
+                "prediction": row.get("prediction", ""),
+                "confidence": float(row.get("confidence", np.nan)),
+                "image": f"/image/{int(row['rank'])}",
+            }
+        return {
+            "classes": self.classes,
+            "current": shown,
+            "labeled": len(self.store.labeled() & paths),
+            "skipped": len(self.skipped),
+            "total": len(self.queue),
+            "labels_csv": str(self.store.path),
+        }
+
+    def act(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            if action == "answer":
+                if body.get("label") not in self.classes:
+                    raise UserError(f"unknown class {body.get('label')!r}")
+                if body.get("path") not in set(self.queue["path"]):
+                    raise UserError(f"{body.get('path')!r} is not a suggested image")
+                self.store.answer(body["path"], body["label"])
+            elif action == "skip":
+                self.skipped.add(str(body.get("path")))
+            elif action == "undo":
+                path = self.store.undo()
+                if path is None and self.skipped:  # nothing answered: bring back a skipped one
+                    self.skipped.clear()
+            else:
+                raise UserError(f"unknown action {action!r}")
+            return self.state()
+
+    def png(self, rank: int) -> bytes:
+        rows = self.queue.index[self.queue["rank"] == rank]
+        if len(rows) == 0:
+            raise KeyError(rank)
+        image = Image.fromarray(np.asarray(self.images[int(self.queue.loc[rows[0], "row"])]))
+        buffer = io.BytesIO()
+        image.resize((SHOWN, SHOWN), Image.NEAREST).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+
+PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>s5cl label</title>
+<style>
+ body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
+ #image { width: 384px; height: 384px; image-rendering: pixelated; border: 1px solid #999; }
+ #classes button { margin: 0.25em; padding: 0.5em 0.9em; font-size: 1em; }
+ #progress { margin: 0.5em 0; font-weight: bold; }
+ .hint { color: #666; font-size: 0.9em; }
+ kbd { font-size: 0.75em; color: #666; border: 1px solid #aaa; border-radius: 3px; padding: 0 0.3em; }
+</style></head>
+<body>
+<h2>Label the suggested images</h2>
+<div id="progress"></div>
+<div id="work">
+ <img id="image" alt="the image to label">
+ <div id="meta" class="hint"></div>
+ <div id="classes"></div>
+ <button id="skip">skip (s)</button> <button id="undo">undo (u)</button>
+</div>
+<div id="finished" hidden>All suggested images are labeled.
+ <button id="undo2">undo (u)</button></div>
+<p class="hint">Keys: 1-9 choose a class, s skips, u or Backspace undoes.
+Every answer is saved at once to <code id="csv"></code>.</p>
+<script>
+let state = null;
+async function call(url, body) {
+  const response = await fetch(url, body === undefined ? {} :
+    {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
+  const answer = await response.json();
+  if (!response.ok) { alert(answer.error); return; }
+  state = answer; show();
+}
+function show() {
+  document.getElementById("csv").textContent = state.labels_csv;
+  document.getElementById("progress").textContent =
+    `${state.labeled} of ${state.total} labeled, ${state.skipped} skipped`;
+  const c = state.current;
+  document.getElementById("work").hidden = c === null;
+  document.getElementById("finished").hidden = c !== null;
+  if (c === null) return;
+  document.getElementById("image").src = c.image;
+  document.getElementById("image").dataset.path = c.path;
+  document.getElementById("meta").textContent =
+    `#${c.rank} ${c.path} (model: ${c.prediction}, ${(100 * c.confidence).toFixed(0)}%)`;
+  const box = document.getElementById("classes");
+  if (box.childElementCount !== state.classes.length) {
+    box.replaceChildren(...state.classes.map((name, i) => {
+      const b = document.createElement("button");
+      if (i < 9) {
+        const key = document.createElement("kbd");
+        key.textContent = i + 1;
+        b.append(key, " ");
+      }
+      b.append(name);
+      b.dataset.label = name;
+      b.onclick = () => answer(name);
+      return b;
+    }));
+  }
+}
+const answer = (label) => call("/api/answer", {path: state.current.path, label: label});
+const skip = () => call("/api/skip", {path: state.current.path});
+const undo = () => call("/api/undo", {});
+document.getElementById("skip").onclick = skip;
+document.getElementById("undo").onclick = undo;
+document.getElementById("undo2").onclick = undo;
+document.addEventListener("keydown", (e) => {
+  if (state === null) return;
+  if (e.key === "u" || e.key === "Backspace") { e.preventDefault(); undo(); return; }
+  if (state.current === null) return;
+  const i = parseInt(e.key, 10);
+  if (i >= 1 && i <= Math.min(9, state.classes.length)) answer(state.classes[i - 1]);
+  else if (e.key === "s") skip();
+});
+call("/api/state");
+</script></body></html>
+"""
+
+
+def handler(session: Session) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def _send(self, status: int, body: bytes, kind: str) -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _json(self, status: int, data: dict[str, Any]) -> None:
+            self._send(status, json.dumps(data).encode(), "application/json")
+
+        def do_GET(self) -> None:
+            if self.path == "/":
+                self._send(200, PAGE.encode(), "text/html; charset=utf-8")
+            elif self.path == "/api/state":
+                with session.lock:
+                    self._json(200, session.state())
+            elif self.path.startswith("/image/"):
+                try:
+                    self._send(200, session.png(int(self.path.rsplit("/", 1)[1])), "image/png")
+                except (KeyError, ValueError):
+                    self._json(404, {"error": f"no image {self.path}"})
+            else:
+                self._json(404, {"error": f"no page {self.path}"})
+
+        def do_POST(self) -> None:
+            if not self.path.startswith("/api/"):
+                self._json(404, {"error": f"no page {self.path}"})
+                return
+            length = int(self.headers.get("Content-Length") or 0)
+            try:
+                body = json.loads(self.rfile.read(length) or b"{}")
+                self._json(200, session.act(self.path.removeprefix("/api/"), body))
+            except (UserError, json.JSONDecodeError) as error:
+                self._json(400, {"error": str(error)})
+
+        def log_message(self, format: str, *args: Any) -> None:  # quiet: answers are the log
+            return None
+
+    return Handler
+
+
+def open_session(suggestions: Path, labels: Path, packed: Path) -> Session:
+    """The session for the suggest stage's table `suggestions`, the answers in `labels`, the
+    images of the packed dataset in `packed`."""
+    queue = read_input(suggestions, pd.read_csv, "suggestions table").sort_values("rank")
+    missing = {"rank", "path", "row"} - set(queue.columns)
+    if missing:
+        raise UserError(f"{suggestions}: no column {', '.join(sorted(missing))}; rerun suggest")
+    data = PackedDataset.open(packed)
+    if queue["row"].max() >= len(data.images):
+        raise UserError(f"{suggestions}: made for another dataset than {packed}; rerun suggest")
+    return Session(queue.reset_index(drop=True), data.images, data.class_names, LabelStore(labels))
+
+
+def serve(session: Session, port: int = 0) -> ThreadingHTTPServer:
+    """An HTTP server for `session` on 127.0.0.1:`port` (0: any free port), not yet started."""
+    return ThreadingHTTPServer(("127.0.0.1", port), handler(session))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", default="params.yaml", help="params file (its data.name)")
+    parser.add_argument("--suggestions", type=Path, default=layout.SUGGEST / TO_LABEL)
+    parser.add_argument("--labels", type=Path, default=LABELS_CSV, help="where answers go")
+    parser.add_argument("--port", type=int, default=8765, help="0: any free port")
+
+
+def run(args: argparse.Namespace) -> None:
+    from s5cl.params import load_params
+
+    params = load_params(args.params, [])
+    session = open_session(args.suggestions, args.labels, layout.packed_dir(params.data.name))
+    server = serve(session, args.port)
+    state = session.state()
+    print(
+        f"s5cl label: {state['labeled']} of {state['total']} labeled so far; open "
+        f"http://127.0.0.1:{server.server_address[1]}/ (Ctrl-C stops; answers are saved to "
+        f"{args.labels} as given)",
+        flush=True,
+    )
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

@@ -1,0 +1,30 @@
+"""Stage `coldstart`: with split.select other than random, a self-supervised embedding of the
+training pool to choose the labeled images on (s5cl.coldstart); otherwise a note."""
+
+from __future__ import annotations
+
+from s5cl import coldstart as embedding
+from s5cl import layout
+from s5cl.device import pick_device
+from s5cl.io import atomic_dir
+from s5cl.params import Params
+from s5cl.pipeline.common import open_packed
+from s5cl.pipeline.split import training_pool
+
+
+def coldstart(params: Params) -> str:
+    with atomic_dir(layout.COLDSTART) as folder:
+        if params.split.select == "random":
+            embedding.save(folder, None, None, {})
+            return "not used (split.select is random)"
+        pool = training_pool(params)
+        vectors, logged = embedding.pool_embedding(params, open_packed(params), pool, pick_device())
+        embedding.save(folder, pool, vectors, logged)
+    if params.model.from_features:
+        how = "the features stage's cached features (model.freeze: all)"
+    else:
+        how = (
+            f"{params.coldstart.steps} self-supervised steps, loss {logged['loss_first']:.3f} "
+            f"-> {logged['loss_last']:.3f}"
+        )
+    return f"{len(pool)} pool images embedded ({vectors.shape[1]} dims) by {how}"

@@ -1,0 +1,18 @@
+"""Stage `suggest`: the next images to label, by suggest.strategy on the final model: CSV and sheet.
+
+Usage: python stages/suggest.py [--params params.yaml] [--set section.key=value ...]
+
+GENERATED from src/s5cl/stages.py by `python -m s5cl.stages write`.
+The work: s5cl.pipeline.suggest:suggest.
+"""
+
+import sys
+from pathlib import Path
+
+# This folder holds s5cl.py, which must not shadow the s5cl package: drop it from the path.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+from s5cl.cli import run_stage  # noqa: E402
+
+if __name__ == "__main__":
+    run_stage("suggest")

@@ -1,0 +1,143 @@
+"""The labelling page (s5cl label): answers saved at once and atomically, nothing lost on a
+restart, and the page itself driven in a real browser (Debian's chromium, headless, through
+selenium and chromium-driver; `make test` installs them as root, as it does slurm)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from s5cl.labelling import LabelStore, open_session, serve
+from s5cl.selection import select
+from s5cl.suggestions import contact_sheet, to_label_table
+from tests.conftest import ROOT
+
+CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+
+
+@pytest.fixture(scope="module")
+def suggested(tmp_path_factory) -> Path:
+    """A folder with digits packed by the real download and prepare stages, and six suggested
+    images (k-center on their pixels) with the probabilities of a logistic regression fitted
+    on 20 of them: what the suggest stage writes, without training a network."""
+    from sklearn.linear_model import LogisticRegression
+
+    folder = tmp_path_factory.mktemp("labelling")
+    shutil.copy(ROOT / "params.yaml", folder)
+    for stage in ("download", "prepare"):
+        subprocess.run([sys.executable, ROOT / "stages" / f"{stage}.py"], cwd=folder, check=True,
+                       capture_output=True)  # fmt: skip
+    packed = folder / "data/packed/digits"
+    index = pd.read_parquet(packed / "index.parquet")
+    images = np.memmap(packed / "images.u8", np.uint8, "r").reshape(len(index), -1)
+    x, y = images[:400].astype(float) / 255, index["label"].to_numpy()[:400]
+    labels = np.full(400, -1)
+    labels[:20] = y[:20]
+    probabilities = LogisticRegression(max_iter=1000).fit(x[:20], y[:20]).predict_proba(x)
+    chosen, scores = select("kcenter", x, 6, 0, labels, probabilities, 10)
+    table = to_label_table(chosen, index["path"].to_numpy()[chosen], scores,
+                           probabilities[chosen], [str(c) for c in range(10)])  # fmt: skip
+    (folder / "suggest").mkdir()
+    table.to_csv(folder / "suggest/to_label.csv", index=False)
+    return folder
+
+
+def test_contact_sheet_numbers_every_suggested_image(suggested, tmp_path):
+    from PIL import Image
+
+    table = pd.read_csv(suggested / "suggest/to_label.csv")
+    index = pd.read_parquet(suggested / "data/packed/digits/index.parquet")
+    images = np.memmap(suggested / "data/packed/digits/images.u8", np.uint8, "r")
+    images = images.reshape(len(index), 32, 32, 3)[table["row"]]
+    contact_sheet(images, [f"{r}" for r in table["rank"]], tmp_path / "sheet.png")
+    sheet = np.asarray(Image.open(tmp_path / "sheet.png").convert("L"))
+    assert sheet.shape == (128 + 18, 6 * 128)
+    for i in range(6):  # each cell holds its image: not blank
+        assert sheet[:128, i * 128 : (i + 1) * 128].std() > 10
+
+
+def test_answers_are_saved_at_once_and_survive_a_restart(suggested, tmp_path):
+    labels = tmp_path / "labels" / "labels.csv"
+    session = open_session(suggested / "suggest/to_label.csv", labels,
+                           suggested / "data/packed/digits")  # fmt: skip
+    first = session.state()["current"]
+    assert first["rank"] == 1 and session.state()["total"] == 6
+    session.act("answer", {"path": first["path"], "label": "3"})
+    assert pd.read_csv(labels, dtype=str)[["path", "label"]].values.tolist() == [
+        [first["path"], "3"]
+    ]
+    second = session.state()["current"]
+    session.act("skip", {"path": second["path"]})
+    third = session.state()["current"]
+    session.act("answer", {"path": third["path"], "label": "8"})
+    session.act("undo", {})  # forgets the 8
+    assert len(pd.read_csv(labels)) == 1
+    session.act("answer", {"path": third["path"], "label": "9"})
+    assert not list(labels.parent.glob("*.tmp*"))  # written through a rename, nothing left
+    again = open_session(suggested / "suggest/to_label.csv", labels,
+                         suggested / "data/packed/digits")  # fmt: skip
+    state = again.state()
+    assert state["labeled"] == 2 and state["current"]["path"] == second["path"]  # skip forgotten
+    with pytest.raises(Exception, match="unknown class 'ten'"):
+        again.act("answer", {"path": second["path"], "label": "ten"})
+    assert LabelStore(labels).labeled() == {first["path"], third["path"]}
+
+
+@pytest.mark.skipif(
+    not (CHROMIUM.exists() and DRIVER.exists()),
+    reason="Debian's chromium and chromium-driver are not installed (make test installs them "
+    "as root with apt-get)",
+)
+def test_the_page_in_a_real_browser_by_key_and_by_click(suggested, tmp_path):
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    labels = tmp_path / "labels.csv"
+    session = open_session(suggested / "suggest/to_label.csv", labels,
+                           suggested / "data/packed/digits")  # fmt: skip
+    server = serve(session, 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                 "--window-size=900,1000"):  # fmt: skip
+        options.add_argument(flag)
+    browser = webdriver.Chrome(service=webdriver.ChromeService(str(DRIVER)), options=options)
+    try:
+        browser.get(f"http://127.0.0.1:{server.server_address[1]}/")
+        wait = WebDriverWait(browser, 10)
+
+        def progress(text):
+            wait.until(lambda b: b.find_element(By.ID, "progress").text == text)
+
+        progress("0 of 6 labeled, 0 skipped")
+        paths = pd.read_csv(suggested / "suggest/to_label.csv")["path"].tolist()
+        assert browser.find_element(By.ID, "image").get_attribute("naturalWidth") == "384"
+        body = browser.find_element(By.TAG_NAME, "body")
+        body.send_keys("3")  # the third class: "2"
+        progress("1 of 6 labeled, 0 skipped")
+        browser.find_element(By.CSS_SELECTOR, 'button[data-label="7"]').click()
+        progress("2 of 6 labeled, 0 skipped")
+        body.send_keys("s")
+        progress("2 of 6 labeled, 1 skipped")
+        body.send_keys("u")  # undoes the 7
+        progress("1 of 6 labeled, 1 skipped")
+        assert browser.find_element(By.ID, "image").get_attribute("data-path") == paths[1]
+        body.send_keys("6")
+        progress("2 of 6 labeled, 1 skipped")
+        browser.save_screenshot(str(tmp_path / "page.png"))
+    finally:
+        browser.quit()
+        server.shutdown()
+        server.server_close()
+    saved = pd.read_csv(labels, dtype=str)
+    assert saved[["path", "label"]].values.tolist() == [[paths[0], "2"], [paths[1], "5"]]
+    assert (tmp_path / "page.png").stat().st_size > 5000
