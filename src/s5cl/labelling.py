@@ -146,7 +146,8 @@ PAGE = """<!doctype html>
  #classes button { margin: 0.25em; padding: 0.5em 0.9em; font-size: 1em; }
  #progress { margin: 0.5em 0; font-weight: bold; }
  .hint { color: #666; font-size: 0.9em; }
- kbd { font-size: 0.75em; color: #666; border: 1px solid #aaa; border-radius: 3px; padding: 0 0.3em; }
+ kbd { font-size: 0.75em; color: #666; border: 1px solid #aaa; border-radius: 3px;
+       padding: 0 0.3em; }
 </style></head>
 <body>
 <h2>Label the suggested images</h2>
