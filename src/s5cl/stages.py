@@ -178,7 +178,7 @@ STAGES: tuple[Stage, ...] = (
             "model",
             "augment",
             "compute",
-            "s5cl",
+            *(f"s5cl.{key}" for key in ("lr", "weight_decay", "batch_unlabeled", "tau_u")),
             "coldstart",
         ),
         resources={"cpus": 8, "mem_mb": 8000, "runtime": 60},

@@ -41,8 +41,10 @@ def suggest(params: Params, model_stage: str = "retrain") -> str:
     with atomic_dir(layout.SUGGEST) as folder:
         frame.to_csv(folder / TO_LABEL, index=False)
         captions = [
-            f"{r}: {p} {c:.2f}"
-            for r, p, c in frame[["rank", "prediction", "confidence"]].itertuples(index=False)
+            f"#{rank} {guess} {sure:.0%}"
+            for rank, guess, sure in frame[["rank", "prediction", "confidence"]].itertuples(
+                index=False
+            )
         ]
         contact_sheet(data.images[rows], captions, folder / SHEET)
     return (
