@@ -256,7 +256,7 @@ def test_snakemake_passes_every_override_to_every_stage(project):
     # A changed value reruns exactly the stages that read it.
     assert set(_dry_run(project, *overrides, "evaluate={knn_k: 4}")) == {"evaluate", "report"}
     rerun = set(_dry_run(project, *overrides, "pseudolabel={threshold: 0.5}"))
-    assert rerun == {"pseudolabel", "retrain", "evaluate", "report"}
+    assert rerun == {"pseudolabel", "retrain", "evaluate", "report", "suggest"}
     assert _dry_run(project, *overrides[:-1], "checkpoint={every: 7}") == []
 
     by_snakemake = (project / "metrics/evaluate.json").read_bytes()
