@@ -124,6 +124,18 @@ def test_presets_are_valid_params_over_params_yaml(preset: Path):
     assert checked.resources.of("sweep_run").gpus == 1  # one GPU per run on a cluster
 
 
+@pytest.mark.parametrize(
+    "preset", sorted((ROOT / "workflow/presets/labelling").glob("*.yaml")), ids=lambda p: p.stem
+)
+def test_labelling_presets_are_valid_params_over_params_yaml(preset: Path):
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for section, values in yaml.safe_load(preset.read_text()).items():
+        params[section] = {**params[section], **values}
+    checked = validate(params)
+    assert checked.sweep.methods == ["s5cl"] and checked.sweep.seeds == [0, 1, 2]
+    assert f"--configfile workflow/presets/labelling/{preset.name}" in preset.read_text()
+
+
 def test_a_cold_start_selection_then_a_simulated_round_of_suggest(project):
     """sweep.selections and sweep.rounds, through `python -m s5cl.sweep run`: the labeled images
     chosen by k-center on the coldstart embedding, then suggest.count more chosen by margin and

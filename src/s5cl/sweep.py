@@ -369,14 +369,17 @@ def plot(
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     colours = dict(zip(methods, palette, strict=False))
     styles = dict(zip(variants, ["-", "--", ":", "-."] * 8, strict=False))
+    one_method = table["method"].nunique() == 1  # then a colour per variant (e.g. selection)
+    by_variant = dict(zip(variants, palette * 4, strict=False))
     for (variant, method), rows in summary.groupby(level=["variant", "method"], sort=False):
         rows = rows.droplevel(["variant", "method"]).sort_index()
         label = method if len(variants) == 1 else f"{method} ({variant})"
+        colour = by_variant[variant] if one_method else colours.get(method)
         ax.plot(rows.index, rows[(metric, "mean")], marker="o", label=label,
-                color=colours.get(method), linestyle=styles[variant])  # fmt: skip
+                color=colour, linestyle=styles[variant])  # fmt: skip
         if rows[(metric, "low")].notna().any():
             ax.fill_between(rows.index, rows[(metric, "low")], rows[(metric, "high")],
-                            color=colours.get(method), alpha=0.15, linewidth=0)  # fmt: skip
+                            color=colour, alpha=0.1, linewidth=0)  # fmt: skip
     for method, points in (reference or {}).items():
         points = sorted(points.items())
         ax.plot(
