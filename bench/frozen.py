@@ -18,12 +18,14 @@ forward passes). Then step times alternate between the two designs (these machin
 and the medians are compared. A whole s5cl phase (120 steps) from the cache is measured; through
 the backbone it is projected from the step time. The last line is
 `per-step speedup X.Xx, phase speedup Y.Yx (features stage included)`.
-`--quick` runs the same code at 32 px with a 2-block ViT on 64 images (for the tests).
+`--quick` runs the same code at 32 px with a 2-block ViT on 64 images (the tests run it through
+bench/gpu_check.py --smoke).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import shutil
@@ -36,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from shared_data import PBC, ROOT
 
 from s5cl import stages
 from s5cl.device import configure, pick_device
@@ -45,8 +48,6 @@ from s5cl.params import Params, validate
 from s5cl.pipeline.common import open_packed
 from s5cl.train import NoLog, train
 
-ROOT = Path(__file__).resolve().parents[1]
-PBC = ROOT.parent / "shared" / "data" / "pbc-240"
 ARCH = "timm:vit_small_patch16_224"
 
 
@@ -90,7 +91,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=480, help="pbc-240 cells (8 classes)")
     parser.add_argument("--views", type=int, default=2, help="model.feature_views")
     parser.add_argument("--rounds", type=int, default=3, help="alternations of the two designs")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
+    args.json = args.json and args.json.resolve()  # measure() runs in a temporary folder
     if not PBC.is_dir():
         sys.exit(f"{PBC}: absent (../shared/data is needed)")
     images = 64 if args.quick else args.images
@@ -166,6 +169,12 @@ def measure(args: argparse.Namespace, images: int, work: Path) -> None:
         f"s5cl phase ({phase_steps} steps): through the backbone {projected:.1f} s (projected "
         f"from the step), from the cache {phase:.2f} s (measured) + {seconds:.1f} s features"
     )
+    if args.json:
+        args.json.write_text(json.dumps({
+            "device": str(device), "images": images, "size": size, "passes": passes,
+            "features_seconds": seconds, "features_passes_per_s": passes / seconds,
+            "step_through_s": step_through, "step_cache_s": step_cache,
+        }, indent=1))  # fmt: skip
     print(
         f"per-step speedup {step_through / step_cache:.1f}x, phase speedup "
         f"{projected / (phase + seconds):.1f}x (features stage included)"

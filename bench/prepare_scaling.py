@@ -21,8 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-PBC = ROOT.parent / "shared" / "data" / "pbc-240"
+from shared_data import PBC
 
 MEASURE = """
 import json, resource, sys, time

@@ -48,6 +48,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from pytorch_metric_learning.losses import SupConLoss
 from pytorch_metric_learning.samplers import MPerClassSampler
+from shared_data import PBC
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
 from s5cl import stages
@@ -60,8 +61,6 @@ from s5cl.models import S5CLNet
 from s5cl.params import DataParams, validate
 from s5cl.train import NoLog, train
 
-ROOT = Path(__file__).resolve().parents[1]
-PBC = ROOT.parent / "shared" / "data" / "pbc-240"
 SIZE = 224
 REFERENCE_STEPS = 3906  # 5 epochs of NCT-CRC-HE-100K at 128 unlabeled images a step (docs/speed.md)
 
@@ -209,15 +208,24 @@ def our_views(data: PackedDataset, batch: int, device, gen: torch.Generator) -> 
     return one_batch
 
 
-def our_training(data: PackedDataset, model: S5CLNet, batch_l: int, batch_u: int) -> Callable:
+def our_training(
+    data: PackedDataset,
+    model: S5CLNet,
+    batch_l: int,
+    batch_u: int,
+    compile: bool = False,
+    fuse: bool = True,
+) -> Callable:
     """`run(steps)`: s5cl.train's loop, S5CL phase (labeled + unlabeled instance targets), with
-    every image both labeled and unlabeled."""
+    every image both labeled and unlabeled; `compile` and `fuse`: compute.compile (the
+    encoder) and compute.fuse_augment."""
     stage = stages.get("s5cl")
 
     def params_for(steps: int):
         return validate(
             {
                 "augment": {"flip_rotate": True},
+                "compute": {"compile": compile, "fuse_augment": fuse},
                 "s5cl": {"batch_labeled": batch_l, "m_per_class": 4 if batch_l >= 32 else 1,
                          "batch_unlabeled": batch_u, "eval_every": 10**6, "steps": steps},
                 "checkpoint": {"every": 0},
@@ -363,14 +371,19 @@ def main() -> None:
     parser.add_argument("--memory", action="store_true", help="also peak RSS on 20,000 images")
     parser.add_argument("--gpu-tflops", type=float, default=60.0,
                         help="sustained bf16 TFLOP/s assumed for the GPU estimate")  # fmt: skip
+    parser.add_argument("--batch-unlabeled", type=int, default=32,
+                        help="unlabeled images a train step (the paper: 128)")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1,
+                        help="the reference's DataLoader workers (default: every CPU)")  # fmt: skip
+    parser.add_argument("--json", type=Path, help="also write the medians and ratios here")
     args = parser.parse_args()
     if not PBC.is_dir():
         sys.exit(f"{PBC} is absent: this benchmark reads ../shared/data/pbc-240")
 
     device = pick_device()
-    workers = os.cpu_count() or 1
+    workers = args.workers
     count, batch_l, batch_u, data_batch, calls, steps, rounds = (
-        (128, 8, 8, 32, 2, 1, 1) if args.quick else (960, 32, 32, 64, 4, 2, 3)
+        (128, 8, 8, 32, 2, 1, 1) if args.quick else (960, 32, args.batch_unlabeled, 64, 4, 2, 3)
     )
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
@@ -454,6 +467,14 @@ def main() -> None:
         )
         if args.memory:
             memory(work, 20_000, 3)
+        if args.json:
+            ratios = {"data_path": median["ours data"] / median["ref data"],
+                      "train_step": median["ours train"] / median["ref train"]}  # fmt: skip
+            args.json.write_text(json.dumps({
+                "device": str(device), "images": len(files), "workers": workers,
+                "batch": [batch_l, batch_u], "img_per_s": median, "ratios": ratios,
+                "paper_step_tflop": paper_step / 1e12, "gather_ms": gather * 1e3,
+            }, indent=1))  # fmt: skip
         print(
             f"data-path speedup {median['ours data'] / median['ref data']:.1f}x, "
             f"train-step speedup {median['ours train'] / median['ref train']:.1f}x"

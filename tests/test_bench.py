@@ -1,6 +1,8 @@
 """Every benchmark's quick mode runs, so none can break unnoticed (timings are theirs to print,
 not ours to assert)."""
 
+import json
+import os
 import re
 import subprocess
 import sys
@@ -24,18 +26,49 @@ def test_prepare_scaling_quick_mode_prints_its_table():
 
 
 @needs_shared()
-def test_speed_quick_mode_runs_both_designs_and_prints_the_ratios():
-    out = _quick("speed")
-    last = out.stdout.strip().splitlines()[-1]
-    assert re.fullmatch(r"data-path speedup [0-9.]+x, train-step speedup [0-9.]+x", last), last
-    assert "GPU estimate: 3906 steps" in out.stdout
+def test_the_gpu_check_smoke_runs_every_part_on_the_cpu(tmp_path):
+    """bench/gpu_check.py --smoke: the gpu tests on the CPU, the whole pipeline, speed.py's and
+    frozen.py's quick modes, the NCT-like tiles packed and trained on; all ok, figures there."""
+    summary_path = tmp_path / "gpu_check.json"
+    command = [
+        sys.executable,
+        str(ROOT / "bench/gpu_check.py"),
+        "--smoke",
+        "--json",
+        str(summary_path),
+    ]
+    done = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"}
+    )
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
+    lines = done.stdout.strip().splitlines()
+    assert re.fullmatch(r"gpu check: 5 of 5 parts ok in \d+ s \(.*\)", lines[-1]), lines[-1]
+    summary = json.loads(summary_path.read_text())
+    env = summary["environment"]
+    assert env["device"] == "cpu" and env["torch_pinned"] == "2.14.1" and env["commit"]
 
+    tests = summary["tests"]
+    assert (tests["passed"], tests["failed"], tests["skipped"]) == (4, 0, 0)
+    (resume,) = [case for case in tests["cases"] if "resume_bitwise" in case]
+    assert resume["resume_bitwise"] == "True"
 
-@needs_shared()
-def test_frozen_quick_mode_runs_both_designs_and_prints_the_ratios():
-    out = _quick("frozen")
-    last = out.stdout.strip().splitlines()[-1]
-    assert re.fullmatch(
-        r"per-step speedup [0-9.]+x, phase speedup [0-9.]+x \(features stage included\)", last
-    ), last
-    assert "64 images x (2 weak + 2 strong + plain) = 320 passes" in out.stdout
+    from s5cl import stages
+
+    pipeline = summary["pipeline"]
+    assert list(pipeline["stage_seconds"]) == [s.name for s in stages.STAGES]
+    assert 0 <= pipeline["final_accuracy"] <= 1
+
+    # speed.py's and frozen.py's own last lines, as their quick modes print them
+    assert re.search(r"^  data-path speedup [0-9.]+x, train-step speedup [0-9.]+x$",
+                     done.stdout, re.M)  # fmt: skip
+    assert "GPU estimate: 3906 steps" in done.stdout
+    assert set(summary["speed"]["ratios"]) == {"data_path", "train_step"}
+    assert re.search(r"^  per-step speedup [0-9.]+x, phase speedup [0-9.]+x \(features stage "
+                     r"included\)$", done.stdout, re.M)  # fmt: skip
+    assert "64 images x (2 weak + 2 strong + plain) = 320 passes" in done.stdout
+    assert summary["frozen"]["features_passes_per_s"] > 0
+
+    nct = summary["nct"]
+    assert nct["tiles"] == 64 and nct["runs"]["eager"]["step_s"] > 0
+    assert set(nct["projected"]) == {"training_min", "pseudo_labels_min", "evaluation_min",
+                                     "total_min"}  # fmt: skip
