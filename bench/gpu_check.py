@@ -415,9 +415,10 @@ def main() -> None:
         "environment": environment(args.commit),
     }
     env = summary["environment"]
-    print(f"gpu check ({summary['mode']}) at {env['commit']}: {env['device']} "
-          f"{env.get('gpu', '')} driver {env.get('driver', '-')}, {env['cpu']} x {env['cpus']}, "
-          f"torch {env['torch']} (pinned {env['torch_pinned']})")  # fmt: skip
+    where = (f"{env['gpu']} (driver {env['driver']}, CUDA {env['cuda']})" if "gpu" in env
+             else env["device"])  # fmt: skip
+    print(f"gpu check ({summary['mode']}) at {env['commit']}: {where}, {env['cpu']} x "
+          f"{env['cpus']}, torch {env['torch']} (pinned {env['torch_pinned']})")  # fmt: skip
     if "version_note" in env:
         print(f"note: {env['version_note']}")
     functions = {"tests": part_tests, "pipeline": part_pipeline, "speed": part_speed,
