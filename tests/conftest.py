@@ -56,6 +56,38 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
     return result
 
 
+def in_process(project: Path, monkeypatch, *names: str, sets: tuple[str, ...] = ()) -> None:
+    """Run stages inside pytest (whose torch is already loaded): for the stages a test only
+    needs the outputs of. The project needs only params.yaml (and labels/ for split)."""
+    from s5cl import stages
+    from s5cl.params import load_params
+
+    monkeypatch.chdir(project)
+    params = load_params(project / "params.yaml", list(sets))
+    for name in names:
+        stages.function(name)(params)
+
+
+class Interrupted(BaseException):
+    """Stands for a kill in the in-process tests: raised right after the first checkpoint."""
+
+
+def stop_after_first_checkpoint(project: Path, monkeypatch, stage: str, sets=()) -> None:
+    """Run `stage` in-process and stop it right after it writes its first checkpoint."""
+    from s5cl.resume import Resume
+
+    save = Resume.save
+
+    def save_then_die(self, state):
+        save(self, state)
+        raise Interrupted
+
+    monkeypatch.setattr(Resume, "save", save_then_die)
+    with pytest.raises(Interrupted):
+        in_process(project, monkeypatch, stage, sets=sets)
+    monkeypatch.setattr(Resume, "save", save)
+
+
 TINY = {
     "data.size": 32,
     "warmup.steps": 4,

@@ -20,7 +20,7 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 import torch
 
-from s5cl import layout, stages
+from s5cl import layout
 from s5cl.augment import (
     normalize,
     pixel_kernels,
@@ -32,8 +32,9 @@ from s5cl.augment import (
 from s5cl.datasets.packed import PackedDataset
 from s5cl.device import configure
 from s5cl.models import S5CLNet
-from s5cl.params import AugmentParams, ComputeParams, load_params
-from s5cl.resume import Resume
+from s5cl.params import AugmentParams, ComputeParams
+
+from .conftest import in_process, stop_after_first_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 ON = os.environ.get("S5CL_GPU_TESTS_ON", "cuda")
@@ -118,14 +119,6 @@ def test_pinned_non_blocking_batches_equal_plain_copies(tmp_path):
         assert torch.equal(batch, plain)
 
 
-def _project(dest: Path) -> Path:
-    """The stage functions need only params.yaml and the labels/ folder in the working dir."""
-    dest.mkdir()
-    shutil.copy(ROOT / "params.yaml", dest / "params.yaml")
-    shutil.copytree(ROOT / "labels", dest / "labels")
-    return dest
-
-
 def _weights(stage: str) -> dict[str, torch.Tensor]:
     return torch.load(layout.model_path(stage), weights_only=False, map_location="cpu")["model"]
 
@@ -135,10 +128,6 @@ def _metrics(stage: str) -> dict[str, bytes]:
     return {str(p): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-class Interrupted(BaseException):
-    """Stands for a kill: raised right after the first checkpoint is written."""
-
-
 def test_a_checkpoint_written_on_the_device_resumes_there_to_the_same_model(
     tmp_path, monkeypatch, record_property
 ):
@@ -146,32 +135,23 @@ def test_a_checkpoint_written_on_the_device_resumes_there_to_the_same_model(
     resumed. With torch.use_deterministic_algorithms the two must agree bit for bit where
     CUDA has deterministic kernels for every op (warn_only: where it has not, the difference
     is measured, reported, and must stay within 1e-4)."""
-    monkeypatch.chdir(_project(tmp_path / "project"))
+    project = tmp_path / "project"  # the stage functions need only params.yaml and labels/
+    project.mkdir()
+    shutil.copy(ROOT / "params.yaml", project / "params.yaml")
+    shutil.copytree(ROOT / "labels", project / "labels")
     monkeypatch.setenv("S5CL_DEVICE", ON)
-    sets = ["data.size=16", "warmup.steps=2", "warmup.eval_every=2", "s5cl.steps=6",
+    sets = ("data.size=16", "warmup.steps=2", "warmup.eval_every=2", "s5cl.steps=6",
             "s5cl.eval_every=2", "s5cl.batch_unlabeled=16", "checkpoint.every=3",
-            "compute.fuse_augment=false"]  # fmt: skip
-    params = load_params("params.yaml", sets)
+            "compute.fuse_augment=false")  # fmt: skip
     deterministic = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True, warn_only=True)
     try:
-        for name in ("download", "prepare", "split", "warmup", "s5cl"):
-            stages.function(name)(params)
-        uninterrupted = _weights("s5cl")
-        metrics = _metrics("s5cl")
-
-        save = Resume.save
-
-        def save_then_die(self, state):
-            save(self, state)
-            raise Interrupted
-
-        monkeypatch.setattr(Resume, "save", save_then_die)
-        with pytest.raises(Interrupted):
-            stages.function("s5cl")(params)
-        monkeypatch.setattr(Resume, "save", save)
+        in_process(project, monkeypatch, "download", "prepare", "split", "warmup", "s5cl",
+                   sets=sets)  # fmt: skip
+        uninterrupted, metrics = _weights("s5cl"), _metrics("s5cl")
+        stop_after_first_checkpoint(project, monkeypatch, "s5cl", sets)
         assert len(list(layout.CHECKPOINTS.glob("s5cl-*.pt"))) == 1
-        stages.function("s5cl")(params)
+        in_process(project, monkeypatch, "s5cl", sets=sets)
         resumed = _weights("s5cl")
     finally:
         torch.use_deterministic_algorithms(deterministic)

@@ -11,14 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from s5cl import layout, stages
+from s5cl import layout
 from s5cl.datasets.streams import LabeledBatches, UnlabeledBatches
 from s5cl.methods import METHODS
-from s5cl.params import load_params
-from s5cl.resume import Resume, restore_rng_states, rng_states
+from s5cl.resume import restore_rng_states, rng_states
 from s5cl.train import seed_everything
 
-from .conftest import TINY, run, write_params
+from .conftest import TINY, in_process, run, stop_after_first_checkpoint, write_params
 
 RESUMABLE = {
     **TINY,
@@ -33,15 +32,6 @@ RESUMABLE = {
 def _stage(project: Path, name: str, *sets: str, check: bool = True):
     flags = [arg for item in sets for arg in ("--set", item)]
     return run(["python", f"stages/{name}.py", *flags], project, check=check)
-
-
-def _in_process(project: Path, monkeypatch, *names: str, sets: tuple[str, ...] = ()) -> None:
-    """Run stages inside pytest (whose torch is already loaded): for the stages a test only
-    needs the outputs of."""
-    monkeypatch.chdir(project)
-    params = load_params(project / "params.yaml", list(sets))
-    for name in names:
-        stages.function(name)(params)
 
 
 def _results(project: Path, stage: str) -> dict[str, bytes]:
@@ -61,45 +51,27 @@ def _checkpoints(project: Path, stage: str) -> list[Path]:
     return sorted((project / layout.CHECKPOINTS).glob(f"{stage}-*.pt"))
 
 
-class Interrupted(BaseException):
-    """Stands for the kill in the in-process test: raised right after the first checkpoint."""
-
-
-def _stop_after_first_checkpoint(project, monkeypatch, stage: str, sets=()) -> None:
-    """Run `stage` in-process and stop it right after it writes its first checkpoint."""
-    save = Resume.save
-
-    def save_then_die(self, state):
-        save(self, state)
-        raise Interrupted
-
-    monkeypatch.setattr(Resume, "save", save_then_die)
-    with pytest.raises(Interrupted):
-        _in_process(project, monkeypatch, stage, sets=sets)
-    monkeypatch.setattr(Resume, "save", save)
-
-
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_resumes_to_the_same_bits(project, monkeypatch, method):
     """In-process, so all five methods are cheap: objectives with a teacher (MPL) or their own
     optimizers must carry every piece of state through a checkpoint."""
     write_params(project, {**RESUMABLE, "s5cl.steps": 8, "s5cl.eval_every": 3})
     sets = (f"method={method}",)
-    _in_process(project, monkeypatch, "download", "prepare", "split", "warmup", sets=sets)
-    _in_process(project, monkeypatch, "s5cl", sets=sets)
+    in_process(project, monkeypatch, "download", "prepare", "split", "warmup", sets=sets)
+    in_process(project, monkeypatch, "s5cl", sets=sets)
     uninterrupted = _results(project, "s5cl")
 
-    _stop_after_first_checkpoint(project, monkeypatch, "s5cl", sets)
+    stop_after_first_checkpoint(project, monkeypatch, "s5cl", sets)
     (checkpoint,) = _checkpoints(project, "s5cl")
     assert torch.load(checkpoint, weights_only=False)["step"] == 4
 
-    _in_process(project, monkeypatch, "s5cl", sets=sets)
+    in_process(project, monkeypatch, "s5cl", sets=sets)
     assert _results(project, "s5cl") == uninterrupted
 
 
 def test_nan_stops_with_its_step_and_no_checkpoint_ever_blocks_a_rerun(project, monkeypatch):
     write_params(project, {**RESUMABLE, "checkpoint.every": 1})
-    _in_process(project, monkeypatch, "download", "prepare", "split")
+    in_process(project, monkeypatch, "download", "prepare", "split")
 
     diverged = _stage(project, "warmup", "warmup.lr=1e20", check=False)
     assert diverged.returncode == 2
@@ -121,7 +93,7 @@ def test_nan_stops_with_its_step_and_no_checkpoint_ever_blocks_a_rerun(project, 
 
     # DVC restores a stage's output from its cache after a kill, so the stage never runs
     # to remove the killed run's checkpoint: the next stage that runs removes it.
-    _stop_after_first_checkpoint(project, monkeypatch, "warmup")
+    stop_after_first_checkpoint(project, monkeypatch, "warmup")
     (left,) = _checkpoints(project, "warmup")
     (project / "models/warmup.pt").write_bytes(model)  # what DVC's cache restores
     later = _stage(project, "split")
