@@ -10,17 +10,25 @@ import sys
 from .conftest import PBC, ROOT, needs_shared
 
 
-def _quick(script: str) -> subprocess.CompletedProcess:
+def _quick(script: str, env: dict | None = None) -> subprocess.CompletedProcess:
     """bench/<script>.py --quick, which must exit 0."""
     command = [sys.executable, str(ROOT / f"bench/{script}.py"), "--quick"]
-    return subprocess.run(command, capture_output=True, text=True, check=True)
+    return subprocess.run(
+        command, capture_output=True, text=True, check=True, env={**os.environ, **(env or {})}
+    )
 
 
 @needs_shared()
-def test_prepare_scaling_quick_mode_prints_its_table():
-    out = _quick("prepare_scaling")
+def test_prepare_scaling_quick_mode_prints_its_table_of_the_data_s5cl_shared_data_names(tmp_path):
+    """bench/shared_data.py: S5CL_SHARED_DATA replaces ../shared/data (a GPU machine reads a
+    carried copy): here a pbc-240 of 3 cells a class, which the table must count."""
+    for folder in sorted(p for p in PBC.iterdir() if p.is_dir()):
+        (tmp_path / "pbc-240" / folder.name).mkdir(parents=True)
+        for cell in sorted(folder.glob("*.jpg"))[:3]:
+            (tmp_path / "pbc-240" / folder.name / cell.name).symlink_to(cell)
+    out = _quick("prepare_scaling", {"S5CL_SHARED_DATA": str(tmp_path)})
     rows = {line.split()[0]: line.split() for line in out.stdout.splitlines()[2:]}
-    assert rows["pbc-240"][2] == str(len(list(PBC.glob("*/*.jpg"))))
+    assert rows["pbc-240"][2] == "24"
     assert rows["synthetic-100"][2] == "100"
     assert rows["ratio"][1] == "16"
 
