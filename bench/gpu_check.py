@@ -53,12 +53,9 @@ import torch
 from shared_data import CRC_TILES, PBC, ROOT
 
 from s5cl import stages
-from s5cl.datasets.packed import PackedDataset
-from s5cl.datasets.prepare import prepare
-from s5cl.datasets.registry import download
 from s5cl.device import pick_device
 from s5cl.models import S5CLNet, embed_and_predict
-from s5cl.params import DataParams, load_params
+from s5cl.params import load_params
 
 PARTS = ("tests", "pipeline", "speed", "nct", "frozen")
 REFERENCE_STEPS = 3906  # 5 epochs of NCT-CRC-HE-100K at 128 unlabeled images a step
@@ -295,19 +292,14 @@ class Utilisation:
 
 
 def part_nct(args: argparse.Namespace, work: Path) -> dict:
-    from speed import our_training
+    from speed import our_training, pack
 
     count, size = (64, 32) if args.smoke else (args.tiles, 224)
     warm, timed_steps = (1, 2) if args.smoke else (5, 60)
     seconds, _ = timed(lambda: make_tiles(work / "nct-tiles", count, size))
     print(f"  {count} tiles at {size} px made in {seconds:.1f} s")
-    raw, packed = work / "nct-raw", work / "nct-packed"
-    seconds_pack, _ = timed(lambda: (
-        download(DataParams(name="folder", root=str(work / "nct-tiles")), raw, raw),
-        prepare(raw, packed, size, workers=min(16, os.cpu_count() or 1)),
-    ))  # fmt: skip
+    seconds_pack, data = timed(lambda: pack(work / "nct-tiles", work, size))
     shutil.rmtree(work / "nct-tiles")
-    data = PackedDataset.open(packed)
     print(f"  download + prepare: {seconds_pack:.1f} s ({count / seconds_pack:.0f} tiles/s)")
     device = pick_device()
     result = {"tiles": count, "size": size, "make_tiles_s": seconds, "pack_s": seconds_pack,
