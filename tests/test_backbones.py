@@ -259,9 +259,14 @@ def test_frozen_run_from_cached_features_on_digits(project, monkeypatch):
 
 def test_the_features_stage_stores_what_the_encoder_gives_for_its_views(project, monkeypatch):
     """Batch k of view v is made again alone from its seed: the cache holds exactly what the
-    frozen encoder gives for those views."""
-    from s5cl.augment import training_views
-    from s5cl.features import BATCH, VIEW_SEED
+    frozen encoder gives for those views. The same computation as the stage's (the model
+    configured as the stage configures it: channels_last weights, the same augmentation
+    kernels, chunk and batch shape), so the comparison is bitwise on any CPU: a contiguous
+    model, or another batch shape, picks other oneDNN kernels on AVX-512 and differs in the
+    last bits of fp16."""
+    from s5cl.augment import pixel_kernels, training_views
+    from s5cl.device import augment_chunk, configure
+    from s5cl.features import BATCH, VIEW_SEED, encoder_features
     from s5cl.pipeline.common import open_packed
 
     write_params(project, TINY)
@@ -270,15 +275,18 @@ def test_the_features_stage_stores_what_the_encoder_gives_for_its_views(project,
         "download", "prepare", "features",
     )  # fmt: skip
     data = open_packed(params)
+    cpu = torch.device("cpu")
     model = build_model(params.model, 10, params.seed, 32).eval()
+    configure(model, params.compute, cpu)
+    kernels = pixel_kernels(params.compute.fuse_augment, cpu)
     views = np.load(layout.FEATURES / "views.npy", mmap_mode="r")
     gen = torch.Generator().manual_seed(VIEW_SEED + 1)
     for start in range(0, 2 * BATCH, BATCH):  # batches 0 and 1 of view 1
         rows = np.arange(start, start + BATCH)
-        x = training_views([data.batch(rows, torch.device("cpu"))], params.augment, gen,
-                           data.mean, data.std, 8, channels_last=True)  # fmt: skip
+        x = training_views([data.batch(rows, cpu)], params.augment, gen, data.mean, data.std,
+                           augment_chunk(cpu), channels_last=True, kernels=kernels)  # fmt: skip
         with torch.no_grad():
-            out = model.encode(x).half().numpy()
+            out = encoder_features(model, x)
         assert np.array_equal(views[rows, 0, 1], out[:BATCH])
         assert np.array_equal(views[rows, 1, 1], out[BATCH:])
 

@@ -19,13 +19,10 @@ from PIL import Image
 from s5cl import stages
 
 from .conftest import (
-    PBC,
     ROOT,
-    SHARED,
     TINY,
     VENV_BIN,
     make_project,
-    needs_shared,
     run,
     write_params,
 )
@@ -277,39 +274,6 @@ def test_snakemake_passes_every_override_to_every_stage(project):
         "error: the loss is nan at step 1" in log and "no checkpoints (checkpoint.every: 0)" in log
     )
     assert not list((project / "checkpoints").glob("warmup-*.pt"))
-
-
-@needs_shared()
-def test_stage_scripts_on_a_real_folder_dataset(project):
-    write_params(project, {**TINY, "data.name": "folder"})
-    root = f"data.root={PBC}"
-    for stage in STAGES:
-        run(["python", f"stages/{stage}.py", "--set", root], project)
-    scores = _check_outputs(project)
-    assert len(scores["final"]["per_class_f1"]) == 8
-    index = pd.read_parquet(project / "data/packed/folder/index.parquet")
-    assert len(index) == 8 * 240
-    assert index["md5"].str.len().eq(32).all()
-
-    # The trained model on new images: a folder of them, then files of any size to stdout.
-    out = project / "preds.csv"
-    run(["s5cl", "predict", "--folder", str(PBC / "basophil"), "--out", str(out)], project)
-    preds = pd.read_csv(out)
-    assert len(preds) == 240 and preds["path"].str.endswith(".jpg").all()
-    assert set(preds["predicted"]) <= set(index["class_name"])
-    assert preds["confidence"].between(0, 1).all()
-    labeled = torch.load(project / "models/final.pt", weights_only=False)["labeled"]
-    assert preds["neighbour_1"].isin(labeled["paths"]).all()
-    assert (preds["neighbour_1_similarity"] >= preds["neighbour_3_similarity"]).all()
-    tile = next(iter(sorted((SHARED / "crc-tiles-tif").glob("*/*/*.tif"))))  # 224x224, not 360
-    cell = sorted((PBC / "platelet").glob("*.jpg"))[0]
-    printed = run(["s5cl", "predict", str(cell), str(tile)], project).stdout
-    assert pd.read_csv(io.StringIO(printed))["path"].tolist() == [str(cell), str(tile)]
-    bad = run(["s5cl", "predict", str(project / "params.yaml")], project, check=False)
-    assert bad.returncode == 2
-    assert bad.stderr.strip() == (
-        f"s5cl predict: error: {project / 'params.yaml'}: not an image (PIL cannot identify it)"
-    )
 
 
 def test_a_user_mistake_is_one_line_not_a_traceback(project):

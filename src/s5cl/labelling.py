@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from PIL import Image
+from PIL import Image, ImageOps
 
 from s5cl import layout
 from s5cl.datasets.packed import PackedDataset
@@ -30,7 +30,7 @@ from s5cl.io import atomic_path, read_input
 from s5cl.suggestions import TO_LABEL
 
 LABELS_CSV = layout.LABELS / "labels.csv"
-SHOWN = 384  # pixels: the image is shown this large (nearest-neighbour, every pixel visible)
+SHOWN = 384  # pixels: the shorter side of an image is shown at least this large
 
 
 class LabelStore:
@@ -100,6 +100,7 @@ class Session:
                 "prediction": row.get("prediction", ""),
                 "confidence": float(row.get("confidence", np.nan)),
                 "image": f"/image/{int(row['rank'])}",
+                "packed": "#" in str(row["path"]),  # no file of its own: shown pixel for pixel
             }
         return {
             "classes": self.classes,
@@ -132,17 +133,39 @@ class Session:
         rows = self.queue.index[self.queue["rank"] == rank]
         if len(rows) == 0:
             raise KeyError(rank)
-        image = Image.fromarray(np.asarray(self.images[int(self.queue.loc[rows[0], "row"])]))
+        row = self.queue.loc[rows[0]]
         buffer = io.BytesIO()
-        image.resize((SHOWN, SHOWN), Image.NEAREST).save(buffer, format="PNG")
+        original_image(str(row["path"]), self.images[int(row["row"])]).save(buffer, format="PNG")
         return buffer.getvalue()
+
+
+def original_image(path: str, packed: np.ndarray) -> Image.Image:
+    """The image as a person should judge it: its source file at its own resolution (upscaled
+    smoothly to at least SHOWN pixels a side when smaller), turned as viewers show it. An image
+    that has no file of its own (a row of an array dataset: `file.npz#member:row`), or whose
+    file is gone, is the packed copy enlarged pixel for pixel."""
+    image = None
+    if "#" not in path:
+        try:
+            with Image.open(path) as opened:
+                image = ImageOps.exif_transpose(opened).convert("RGB")
+        except (OSError, ValueError, Image.DecompressionBombError):
+            image = None
+    if image is None:
+        return Image.fromarray(np.asarray(packed)).resize((SHOWN, SHOWN), Image.NEAREST)
+    scale = SHOWN / min(image.size)
+    if scale > 1:
+        size = (round(image.width * scale), round(image.height * scale))
+        image = image.resize(size, Image.Resampling.LANCZOS)
+    return image
 
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>s5cl label</title>
 <style>
  body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
- #image { width: 384px; height: 384px; image-rendering: pixelated; border: 1px solid #999; }
+ #image { max-width: 95vw; max-height: 80vh; border: 1px solid #999; }
+ #image.packed { image-rendering: pixelated; }
  #classes button { margin: 0.25em; padding: 0.5em 0.9em; font-size: 1em; }
  #progress { margin: 0.5em 0; font-weight: bold; }
  .hint { color: #666; font-size: 0.9em; }
@@ -154,7 +177,8 @@ PAGE = """<!doctype html>
 <div id="progress"></div>
 <div id="work">
  <img id="image" alt="the image to label">
- <div id="meta" class="hint"></div>
+ <div class="hint"><span id="meta"></span> · <span id="size"></span>
+  (browser zoom: Ctrl +/−)</div>
  <div id="classes"></div>
  <button id="skip">skip (s)</button> <button id="undo">undo (u)</button>
 </div>
@@ -181,8 +205,13 @@ function show() {
   if (c === null) return;
   document.getElementById("image").src = c.image;
   document.getElementById("image").dataset.path = c.path;
+  const img = document.getElementById("image");
+  img.className = c.packed ? "packed" : "";
+  img.onload = () => {
+    document.getElementById("size").textContent = `${img.naturalWidth}×${img.naturalHeight} px`;
+  };
   document.getElementById("meta").textContent =
-    `#${c.rank} ${c.path} (model: ${c.prediction}, ${(100 * c.confidence).toFixed(0)}%)`;
+    `#${c.rank} (model: ${c.prediction}, ${(100 * c.confidence).toFixed(0)}%)`;
   const box = document.getElementById("classes");
   if (box.childElementCount !== state.classes.length) {
     box.replaceChildren(...state.classes.map((name, i) => {

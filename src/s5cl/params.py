@@ -55,8 +55,9 @@ class DataParams(Section):
     )
     root: str | None = Field(
         None,
-        description="folder: <root>/<class>/<image> or a CSV of path,label[,subset]; "
-        "aml_munich: your local copy from TCIA",
+        description="folder: <root>/<class>/<image> (images without a label in <root>/unlabeled/) "
+        "or a CSV of path,label[,subset] (an empty label: no label); aml_munich: your local copy "
+        "from TCIA",
     )
     mirror: str | None = Field(
         None, description="fetch the dataset's files from this base URL instead of its host"
@@ -72,6 +73,17 @@ class DataParams(Section):
         False,
         description="folder: images in subfolders of a class folder belong to that class "
         "(false: such a subfolder is an error, so no image is left out unseen)",
+    )
+    unlabeled_dir: str = Field(
+        "unlabeled",
+        min_length=1,
+        description="folder: the folder beside the class folders that holds images without a "
+        "label (its subfolders too)",
+    )
+    unlabeled_root: str | None = Field(
+        None,
+        description="more images without a label: a folder (subfolders too) or a CSV of path "
+        "(and your own columns); added to any dataset of image files",
     )
     on_bad_image: Literal["error", "skip"] = Field(
         "error",
@@ -136,6 +148,11 @@ class SplitParams(Section):
         None,
         description="a CSV of path,label[,time] (what s5cl label writes: labels/labels.csv): "
         "these images join the labeled set with these class names",
+    )
+    group: str | None = Field(
+        None,
+        description="a column of the dataset's CSV (patient, slide, scan): every group's images "
+        "stay in one part (test, val or training), so no patient is trained on and tested on",
     )
 
     @model_validator(mode="after")

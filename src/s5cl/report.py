@@ -18,6 +18,7 @@ import yaml
 from sklearn.manifold import TSNE
 
 from s5cl.errors import UserError
+from s5cl.pseudo import pseudo_line
 
 SCORES = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "knn_accuracy")
 PHASES = ("warmup", "s5cl", "retrain")
@@ -59,21 +60,32 @@ def embedding_map(
     return png(fig)
 
 
-def pseudo_label_curve(pseudo: pd.DataFrame, threshold: float) -> bytes:
-    """Accuracy and coverage of the pseudo-labels kept at each confidence threshold."""
+def pseudo_label_curve(pseudo: pd.DataFrame, threshold: float, class_names: list[str]) -> bytes:
+    """Left: the share of pseudo-labels kept at each confidence threshold, and their accuracy
+    where the dataset holds a hidden label (a simulation; real unlabeled images have none).
+    Right: how many of each class were kept at pseudolabel.threshold."""
     thresholds = np.linspace(0, 0.995, 200)
     confidence = pseudo["confidence"].to_numpy()
+    known = (pseudo["true_label"] >= 0).to_numpy()
     right = (pseudo["label"] == pseudo["true_label"]).to_numpy()
     coverage = [(confidence >= t).mean() for t in thresholds]
-    accuracy = [right[confidence >= t].mean() if (confidence >= t).any() else np.nan
-                for t in thresholds]  # fmt: skip
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    ax.plot(thresholds, accuracy, label="accuracy of kept")
+    fig, (ax, bars) = plt.subplots(1, 2, figsize=(10, 3.6), width_ratios=(3, 2))
+    if known.any():
+        kept = [known & (confidence >= t) for t in thresholds]
+        accuracy = [right[k].mean() if k.any() else np.nan for k in kept]
+        ax.plot(thresholds, accuracy, label=f"accuracy of kept ({known.sum()} hidden labels)")
     ax.plot(thresholds, coverage, label="share kept", linestyle="--")
     ax.axvline(threshold, color="grey", linewidth=0.8)
     ax.text(threshold, 0.02, f" pseudolabel.threshold={threshold}", fontsize=8, color="grey")
     ax.set(xlabel="confidence threshold", ylim=(0, 1.02), title="Pseudo-labels vs. threshold")
     ax.legend(loc="lower left", fontsize=8)
+    kept_labels = pseudo.loc[confidence >= threshold, "label"].to_numpy()
+    counts = np.bincount(kept_labels, minlength=len(class_names))
+    bars.barh(np.arange(len(class_names)), counts, color="tab:blue")
+    bars.set_yticks(np.arange(len(class_names)), class_names, fontsize=7)
+    bars.invert_yaxis()
+    bars.set(xlabel="pseudo-labels kept", title=f"Kept per class ({len(kept_labels)})")
+    fig.tight_layout()
     return png(fig)
 
 
@@ -191,11 +203,7 @@ def render(
     """The page. `scores`: evaluate.json; `figures`: caption -> PNG bytes, shown in order."""
     models = {name: result for name, result in scores.items() if "accuracy" in result}
     level = round(100 * scores["bootstrap"]["level"])
-    pseudo = ", ".join(
-        f"{key.replace('_', ' ')} {value:.3f}" if isinstance(value, float) else f"{key} {value}"
-        for key, value in pseudo_summary.items()
-        if not isinstance(value, dict)
-    )
+    pseudo = pseudo_line(pseudo_summary)
     blocks = "".join(f"<figure>{_img(data, caption)}<figcaption>{html.escape(caption)}"
                      "</figcaption></figure>" for caption, data in figures.items())  # fmt: skip
     return f"""<!doctype html>

@@ -129,6 +129,9 @@ ENCODER_PARAMS = ("arch", "kwargs", "weights", "pool", "freeze", "feature_views"
 PHASES = ("warmup", "s5cl", "retrain")
 MODELS = tuple(str(layout.model_path(s)) for s in PHASES)
 
+# data.* keys that decide which images download lists
+LISTED = ("name", "root", "mirror", "downloads", "recursive", "unlabeled_dir", "unlabeled_root")
+
 STAGES: tuple[Stage, ...] = (
     Stage(
         name="download",
@@ -136,7 +139,7 @@ STAGES: tuple[Stage, ...] = (
         doc="fetch and verify the dataset; list every image with its class, subset and md5",
         deps=(),
         outs=(RAW,),
-        params=("data.name", "data.root", "data.mirror", "data.downloads"),
+        params=tuple(f"data.{key}" for key in LISTED),
         sweep=False,
         local=True,
     ),

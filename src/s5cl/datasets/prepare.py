@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from s5cl.datasets.fetch import md5_bytes
 from s5cl.datasets.npz import iter_rows
-from s5cl.datasets.registry import MANIFEST
+from s5cl.datasets.registry import COLUMNS, MANIFEST, UNLABELED
 from s5cl.errors import UserError
 from s5cl.io import atomic_dir, read_parquet, write_json
 
@@ -217,8 +217,9 @@ def prepare(
     """Pack the dataset listed in `raw_dir/manifest.parquet` into `out_dir` (atomically).
 
     A file that is not a usable 8-bit image stops prepare with its name (on_bad_image="error")
-    or is left out and listed in `skipped.csv` ("skip"). mean/std come from the `train` subset
-    only, so a dataset's own test set never leaks into the normalisation.
+    or is left out and listed in `skipped.csv` ("skip"). mean/std come from the `train` and
+    `unlabeled` subsets only, so a dataset's own test set never leaks into the normalisation.
+    An image without a label has label -1 and class_name "" in the index.
     """
     manifest_path = raw_dir / MANIFEST
     manifest = read_parquet(manifest_path)
@@ -232,7 +233,7 @@ def prepare(
     else:
         raise UserError(f"{manifest_path}: mixes image files and arrays; rerun download")
     expected = manifest["md5"].to_numpy()
-    in_train = (manifest["subset"] == "train").to_numpy()
+    in_train = manifest["subset"].isin(("train", UNLABELED)).to_numpy()
     kept = np.zeros(len(manifest), bool)
     widths, heights = np.zeros(len(manifest), int), np.zeros(len(manifest), int)
     skipped: list[tuple[str, str]] = []
@@ -278,9 +279,10 @@ def prepare(
                 stacklevel=2,
             )
         pd.DataFrame(skipped, columns=["path", "problem"]).to_csv(tmp / SKIPPED, index=False)
-        listed_classes = set(manifest["class_name"])
+        listed_classes = set(manifest["class_name"]) - {""}
         manifest = manifest[kept].reset_index(drop=True)
-        class_names = sorted(manifest["class_name"].unique())
+        has_label = (manifest["subset"] != UNLABELED).to_numpy()
+        class_names = sorted(manifest["class_name"][has_label].unique())
         lost = sorted(listed_classes - set(class_names))
         if lost:
             raise UserError(
@@ -296,6 +298,7 @@ def prepare(
             _warn_off_size(manifest["source"], widths[kept], heights[kept])
         mean, std = sums.mean_std()
         is_array = is_array[kept]
+        number = {name: i for i, name in enumerate(class_names)}
         index = pd.DataFrame(
             {
                 "path": np.where(
@@ -307,12 +310,15 @@ def prepare(
                     + manifest["row"].astype(str),
                     manifest["source"],
                 ),
-                "label": manifest["class_name"].map(class_names.index).astype("int64"),
+                "label": np.where(has_label, manifest["class_name"].map(number), -1).astype(
+                    "int64"
+                ),
                 "class_name": manifest["class_name"],
                 "subset": manifest["subset"],
                 "md5": manifest["md5"],
                 "width": widths[kept],
                 "height": heights[kept],
+                **{c: manifest[c] for c in manifest.columns if c not in COLUMNS},  # patient, ...
             }
         )
         index.to_parquet(tmp / INDEX, index=False)
@@ -325,10 +331,13 @@ def prepare(
                     for name in class_names
                 }
                 for subset in sorted(index["subset"].unique())
+                if subset != UNLABELED
             },
             "mean": mean,
             "std": std,
             "skipped": len(skipped),
         }
+        if not has_label.all():  # only then: a dataset of labeled images keeps its bytes
+            stats["unlabeled"] = int((~has_label).sum())
         write_json(tmp / STATS, stats)
     return stats

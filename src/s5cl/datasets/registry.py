@@ -5,9 +5,13 @@ Every dataset ends as `manifest.parquet` in `data/raw/<name>/`, one row per imag
     source      image file, or .npz file (absolute, or relative to the raw folder)
     member      array name inside the .npz ("" for image files)
     row         row of that array (-1 for image files)
-    class_name  the label
-    subset      train | val | test: the dataset's own split ("train" when it has none)
+    class_name  the label ("" for an image without one)
+    subset      train | val | test: the dataset's own split ("train" when it has none);
+                unlabeled: an image without a label (a CSV row with an empty label, the
+                `data.unlabeled_dir` folder beside the class folders, or `data.unlabeled_root`)
     md5         md5 of the image's bytes (file bytes, or the array row's bytes)
+
+plus any other column of a CSV dataset (a patient, slide or scan: `split.group` names one).
 
 Downloaded archives and their unpacked trees live in `data.downloads` (outside DVC's outputs, so
 a forced rerun never downloads 12 GB again); the manifest's md5s let `prepare` prove that
@@ -35,7 +39,11 @@ from s5cl.params import DataParams
 
 MANIFEST = "manifest.parquet"
 SUBSETS = ("train", "val", "test")
+UNLABELED = "unlabeled"  # the subset of images without a label
 COLUMNS = ["source", "member", "row", "class_name", "subset", "md5"]
+CSV_COLUMNS = ("path", "label", "subset")  # a CSV dataset's own columns; others are kept
+# the packed index's own columns (prepare); any other is a column of the dataset's CSV
+INDEX_COLUMNS = ("path", "label", "class_name", "subset", "md5", "width", "height")
 
 
 @dataclass(frozen=True)
@@ -249,13 +257,19 @@ def _frame(paths: list[Path], class_names: list[str], subsets: list[str] | str) 
     )
 
 
-def list_class_tree(root: Path, subset: str = "train", recursive: bool = False) -> pd.DataFrame:
+def list_class_tree(
+    root: Path, subset: str = "train", recursive: bool = False, unlabeled_dir: str | None = None
+) -> pd.DataFrame:
     """`<root>/<class>/<image>` -> manifest rows (classes sorted, images sorted). With
-    `recursive`, images in subfolders of a class folder belong to that class."""
+    `recursive`, images in subfolders of a class folder belong to that class. A folder named
+    `unlabeled_dir` holds images without a label (subset unlabeled; its subfolders are walked)."""
     listing = Listing([], [], [], [])
-    class_dirs = []
+    class_dirs, unlabeled = [], []
     for entry in _entries(root, listing):
-        (class_dirs if entry.is_dir() else listing.outside).append(entry)
+        if entry.is_dir() and entry.name == unlabeled_dir:
+            unlabeled = _class_files(entry, True, listing, {os.path.realpath(entry)})
+        else:
+            (class_dirs if entry.is_dir() else listing.outside).append(entry)
     if not class_dirs:
         raise UserError(f"{root}: no class folders inside (expected <root>/<class>/<image>)")
     for class_dir in class_dirs:
@@ -264,6 +278,9 @@ def list_class_tree(root: Path, subset: str = "train", recursive: bool = False) 
             raise UserError(f"{class_dir}: class folder is empty; remove it or add its images")
         listing.files += files
         listing.classes += [class_dir.name.strip()] * len(files)
+    subsets = [subset] * len(listing.files) + [UNLABELED] * len(unlabeled)
+    listing.files += unlabeled
+    listing.classes += [""] * len(unlabeled)
     if listing.outside:
         warnings.warn(
             f"left out {len(listing.outside)} files in {root} that are in no class folder, "
@@ -276,42 +293,78 @@ def list_class_tree(root: Path, subset: str = "train", recursive: bool = False) 
             f"'.'), e.g. {listing.hidden[0]}",
             stacklevel=2,
         )
-    return _frame(listing.files, listing.classes, subset)
+    return _frame(listing.files, listing.classes, subsets)
 
 
-def list_csv(csv: Path) -> pd.DataFrame:
-    """A CSV of `path,label[,subset]`; relative paths are relative to the CSV's folder."""
+def list_unlabeled_folder(root: Path) -> pd.DataFrame:
+    """Every file under `root` (subfolders included, hidden names left out): images without a
+    label (data.unlabeled_root)."""
+    listing = Listing([], [], [], [])
+    files = _class_files(root, True, listing, {os.path.realpath(root)})
+    if not files:
+        raise UserError(f"{root}: no images inside (data.unlabeled_root)")
+    return _frame(files, [""] * len(files), UNLABELED)
+
+
+def list_csv(csv: Path, unlabeled_only: bool = False) -> pd.DataFrame:
+    """A CSV of `path,label[,subset]` and any columns of your own (patient, slide: kept for
+    split.group); relative paths are relative to the CSV's folder. A row with an empty label,
+    or subset `unlabeled`, is an image without a label. `unlabeled_only` (data.unlabeled_root):
+    the CSV needs only `path`, and every row is unlabeled."""
+    expected = "path" if unlabeled_only else "path,label[,subset]"
     try:
         table = pd.read_csv(csv, dtype=str, keep_default_na=False)
     except pd.errors.EmptyDataError:
         raise UserError(
-            f"{csv}: empty file; expected a header path,label[,subset] and a row per image"
+            f"{csv}: empty file; expected a header {expected} and a row per image"
         ) from None
     except (OSError, pd.errors.ParserError, UnicodeDecodeError) as error:
         raise UserError(f"{csv}: cannot read as CSV ({error})") from None
     table.columns = table.columns.str.strip()
     table = table.apply(lambda column: column.str.strip())  # 'basophil ' is 'basophil'
+    if unlabeled_only and "label" not in table:
+        table["label"] = ""
     missing = {"path", "label"} - set(table.columns)
     if missing:
-        raise UserError(
-            f"{csv}: needs columns path,label (optional subset); it has {','.join(table.columns)}"
-        )
+        raise UserError(f"{csv}: needs columns {expected}; it has {','.join(table.columns)}")
+    clash = sorted(set(table.columns) & ({*COLUMNS, *INDEX_COLUMNS} - set(CSV_COLUMNS)))
+    if clash:
+        raise UserError(f"{csv}: column {clash[0]!r} is a name the manifest uses; rename it")
     if table.empty:
         raise UserError(f"{csv}: no rows")
     subsets = table["subset"] if "subset" in table else pd.Series("train", index=table.index)
-    bad = ~subsets.isin(SUBSETS)
+    held_out = subsets.isin(("val", "test")) & (table["label"] == "")
+    if held_out.any():
+        row = int(np.flatnonzero(held_out)[0])
+        raise UserError(
+            f"{csv} line {row + 2}: empty label on a row of subset {subsets.iloc[row]}; an image "
+            "held out for scoring needs its label"
+        )
+    subsets = subsets.where(table["label"] != "", UNLABELED)
+    if unlabeled_only:
+        subsets = pd.Series(UNLABELED, index=table.index)
+    bad = ~subsets.isin((*SUBSETS, UNLABELED))
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise UserError(
-            f"{csv} line {row + 2}: subset {subsets.iloc[row]!r} must be one of {SUBSETS}"
+            f"{csv} line {row + 2}: subset {subsets.iloc[row]!r} must be one of "
+            f"{(*SUBSETS, UNLABELED)}"
+        )
+    labeled_unlabeled = (subsets == UNLABELED) & (table["label"] != "")
+    if labeled_unlabeled.any():
+        row = int(np.flatnonzero(labeled_unlabeled)[0])
+        raise UserError(
+            f"{csv} line {row + 2}: label {table['label'].iloc[row]!r} on a row of subset "
+            f"unlabeled; leave the label empty, or give the subset it belongs to"
         )
     paths = [p if p.is_absolute() else csv.parent / p for p in map(Path, table["path"])]
     for line, path in enumerate(paths, start=2):
         if not path.is_file():
             raise UserError(f"{csv} line {line}: {path} is not a file; fix the path or the row")
-        if table["label"].iloc[line - 2] == "":
-            raise UserError(f"{csv} line {line}: empty label")
-    return _frame(paths, table["label"].tolist(), subsets.tolist())
+    frame = _frame(paths, table["label"].tolist(), subsets.tolist())
+    for column in table.columns.difference(CSV_COLUMNS, sort=False):
+        frame[column] = table[column].to_numpy()
+    return frame
 
 
 def check_counts(
@@ -374,7 +427,20 @@ def fetch_folder(cfg: DataParams, raw: Path, downloads: Path) -> pd.DataFrame:
             f"data.root={cfg.root!r}: not a folder or a .csv "
             "(expected <root>/<class>/<image>, or a CSV of path,label)"
         )
-    return list_class_tree(root, recursive=cfg.recursive)
+    return list_class_tree(root, recursive=cfg.recursive, unlabeled_dir=cfg.unlabeled_dir)
+
+
+def list_unlabeled_root(cfg: DataParams) -> pd.DataFrame:
+    """data.unlabeled_root: a folder of images, or a CSV of `path` (and your own columns),
+    none of them labeled."""
+    root = Path(cfg.unlabeled_root or "").expanduser()
+    if root.is_file() and root.suffix.lower() == ".csv":
+        return list_csv(root, unlabeled_only=True)
+    if not root.is_dir():
+        raise UserError(
+            f"data.unlabeled_root={cfg.unlabeled_root!r}: not a folder or a .csv of path"
+        )
+    return list_unlabeled_folder(root)
 
 
 def fetch_archives(cfg: DataParams, raw: Path, downloads: Path) -> pd.DataFrame:
@@ -490,6 +556,19 @@ def download(cfg: DataParams, raw: Path, downloads: Path) -> pd.DataFrame:
     """Fetch (or list and verify) a dataset and write its manifest into `raw`."""
     raw.mkdir(parents=True, exist_ok=True)
     manifest = FETCHERS[cfg.name](cfg, raw, downloads / cfg.name)
-    check_class_names(manifest)
+    if cfg.unlabeled_root:
+        if cfg.name in ARRAYS or cfg.name == "digits":
+            raise UserError(
+                f"data.unlabeled_root: {cfg.name} is packed from arrays, which cannot be mixed "
+                "with image files; use a folder or CSV dataset (data.name: folder)"
+            )
+        manifest = pd.concat([manifest, list_unlabeled_root(cfg)], ignore_index=True)
+    labeled = manifest[manifest["subset"] != UNLABELED]
+    if labeled.empty:
+        raise UserError(
+            f"{cfg.root or cfg.name}: no labeled image; a classifier needs labeled images of at "
+            "least 2 classes (the unlabeled ones join them)"
+        )
+    check_class_names(labeled)
     write_parquet(raw / MANIFEST, manifest)
     return manifest

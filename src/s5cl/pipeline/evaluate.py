@@ -3,6 +3,8 @@ retrieval of the three models (s5cl.metrics, s5cl.stats), and val-set scores for
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 
@@ -82,7 +84,25 @@ def evaluate(params: Params) -> str:
     )
     with atomic_path(layout.METRICS / "predictions.csv") as tmp:
         frame.to_csv(tmp, index=False)
-    return summary_line(results)
+    line = summary_line(results)
+    half = test_halfwidth(results)
+    if half > WIDE:
+        warnings.warn(
+            f"the test set has {len(test)} labeled images: the final model's accuracy is known "
+            f"only to ±{100 * half:.0f} points (95% CI), too wide to tell most settings apart; "
+            "label more test images",
+            stacklevel=1,
+        )
+    return line
+
+
+WIDE = 0.10  # a test interval wider than ±10 points is worth a warning
+
+
+def test_halfwidth(results: dict) -> float:
+    """Half the width of the final model's 95% accuracy interval: what the test set's size
+    allows one to tell apart."""
+    return (results["final"]["accuracy_high"] - results["final"]["accuracy_low"]) / 2
 
 
 def summary_line(results: dict) -> str:
@@ -102,4 +122,8 @@ def summary_line(results: dict) -> str:
             f"McNemar p = {pair['mcnemar_p']:.2g}"
         )
     level = round(100 * results["bootstrap"]["level"])
-    return f"test accuracy ({level}% CI) " + "; ".join(models + pairs)
+    size = (
+        f"{results['bootstrap']['test_images']} test images, final's interval "
+        f"±{100 * test_halfwidth(results):.1f} pt"
+    )
+    return f"test accuracy ({level}% CI; {size}) " + "; ".join(models + pairs)

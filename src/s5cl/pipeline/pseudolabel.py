@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pandas as pd
 
 from s5cl import layout
@@ -11,7 +13,7 @@ from s5cl.io import write_json, write_parquet
 from s5cl.models import embed_and_predict
 from s5cl.params import Params
 from s5cl.pipeline.common import for_inference, open_split
-from s5cl.pseudo import pseudo_summary, select_pseudo_labels
+from s5cl.pseudo import pseudo_line, pseudo_summary, select_pseudo_labels
 
 
 def pseudolabel(params: Params) -> str:
@@ -29,22 +31,28 @@ def pseudolabel(params: Params) -> str:
             "label": label,
             "confidence": confidence,
             "kept": kept,
-            "true_label": data.labels[unlabeled],  # hidden from training; for scoring only
+            # hidden from training, for scoring only; -1 for an image without a label
+            "true_label": data.labels[unlabeled],
         }
     )
     write_parquet(layout.PSEUDO, pseudo)
-    summary = pseudo_summary(pseudo)
+    summary = pseudo_summary(pseudo, data.class_names)
     # Only S5CL's retrain trains on these labels; for the other methods they are a diagnostic
     # of the s5cl-phase model (ce and supcon see no unlabeled image, fixmatch and mpl make their
     # own pseudo-labels online).
     summary["used_by_retrain"] = params.method == "s5cl"
     write_json(layout.METRICS / "pseudolabel.json", summary)
+    if summary["used_by_retrain"] and summary["count"] and not summary["kept"]:
+        warnings.warn(
+            f"pseudolabel kept 0% of {summary['count']} unlabeled images (no confidence reached "
+            f"pseudolabel.threshold={params.pseudolabel.threshold}, highest "
+            f"{pseudo['confidence'].max():.2f}); retrain learns nothing new from them: lower the "
+            "threshold or train longer",
+            stacklevel=1,
+        )
     note = (
         ""
         if summary["used_by_retrain"]
         else f"diagnostic only ({params.method}'s retrain does not use them): "
     )
-    return note + (
-        f"kept {summary['coverage']:.1%} of {summary['count']}, accuracy of kept "
-        f"{summary['accuracy_kept']:.3f} (all {summary['accuracy_all']:.3f})"
-    )
+    return note + pseudo_line(summary)

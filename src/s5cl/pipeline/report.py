@@ -36,8 +36,11 @@ def report(params: Params) -> str:
         "Embedding map of the final model": embedding_map(
             embeddings, data.labels[rows], is_labeled, data.class_names, params.seed
         ),
-        "Pseudo-label accuracy and coverage against the confidence threshold": (
-            pseudo_label_curve(read_parquet(layout.PSEUDO), params.pseudolabel.threshold)
+        "Pseudo-labels: share kept (and accuracy, where a hidden label exists) against the "
+        "confidence threshold; kept per class": (
+            pseudo_label_curve(
+                read_parquet(layout.PSEUDO), params.pseudolabel.threshold, data.class_names
+            )
         ),
         "Per-class F1": read_input(layout.PLOTS / "per_class_f1.png", Path.read_bytes, "plot"),
         **{

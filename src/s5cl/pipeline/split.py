@@ -12,6 +12,7 @@ import pandas as pd
 from s5cl import coldstart, layout
 from s5cl.datasets.packed import PackedDataset
 from s5cl.datasets.prepare import INDEX
+from s5cl.datasets.registry import INDEX_COLUMNS
 from s5cl.datasets.split import add_labels, make_split, originals
 from s5cl.errors import UserError
 from s5cl.io import read_input, read_parquet, rerun_hint, write_parquet
@@ -32,8 +33,33 @@ def _split(params: Params, choose: Chooser | None = None) -> tuple[pd.DataFrame,
         index["subset"].to_numpy(),
         originals(index),
         choose,
+        groups=split_groups(params, index),
     )
     return table, index
+
+
+def split_groups(params: Params, index: pd.DataFrame) -> np.ndarray | None:
+    """split.group's column of the packed index (None when not set): every labeled image needs
+    a value, as a group left empty could not be kept apart. An image without a label may have
+    none (a folder of them has no column): it then trains, unlabeled, and is never scored."""
+    column = params.split.group
+    if column is None:
+        return None
+    own = [c for c in index.columns if c not in INDEX_COLUMNS]
+    if column not in own:
+        where = f"its columns are {', '.join(own)}" if own else "it has no column of your own"
+        raise UserError(
+            f"split.group={column!r}: not a column of the dataset's CSV ({where}); add it "
+            "(dvc repro -f download) or set split.group: null"
+        )
+    groups = index[column].fillna("").astype(str).to_numpy()
+    empty = np.flatnonzero((groups == "") & (index["label"] >= 0).to_numpy())
+    if len(empty):
+        raise UserError(
+            f"split.group={column!r}: {len(empty)} images have no {column}, e.g. "
+            f"{index['path'].iloc[empty[0]]}; give every image one"
+        )
+    return groups
 
 
 def training_pool(params: Params) -> np.ndarray:
@@ -69,25 +95,33 @@ def split(params: Params) -> str:
     if params.split.select != "random":
         choose = coldstart_chooser(params, data.num_classes)
     table, index = _split(params, choose)
-    note = ""
+    notes = []
+    own = [s for s in ("val", "test") if (index["subset"] == s).any()]
+    if own:
+        notes.append(f"{' and '.join(own)} from the dataset's own split")
     if params.split.labeled_csv:
         source = params.split.labeled_csv
         given = read_input(source, pd.read_csv, "table")
         before = int((table["role"] == "labeled").sum())
         table, changed = add_labels(table, index, given, data.class_names, source)
         added = int((table["role"] == "labeled").sum()) - before
-        note += f"; {len(given)} labels from {source} ({added} new"
-        note += f", {changed} differ from the dataset's own)" if changed else ")"
+        differ = f", {changed} differ from the dataset's own" if changed else ""
+        notes.append(f"{len(given)} labels from {source} ({added} new{differ})")
     write_parquet(layout.SPLIT, table)
-    counts = table["role"].value_counts()
-    own = [s for s in ("val", "test") if (index["subset"] == s).any()]
-    if own:
-        note += f" ({' and '.join(own)} from the dataset's own split)"
     if choose is not None:
-        note += f"; labeled chosen by {params.split.select}"
-    return (
-        ", ".join(
-            f"{role} {counts.get(role, 0)}" for role in ("labeled", "unlabeled", "val", "test")
+        notes.append(f"labeled chosen by {params.split.select}")
+    counts = table["role"].value_counts()
+    parts = [f"{role} {counts.get(role, 0)}" for role in ("labeled", "unlabeled", "val", "test")]
+    without = int((table["label"] < 0).sum())
+    if without:  # real unlabeled images: say how many of the unlabeled set have no label at all
+        parts[1] += f" ({without} without a label)"
+    if counts.get("excluded", 0):
+        parts.append(f"excluded {counts['excluded']} (unlabeled images of val/test groups)")
+    if params.split.group:
+        groups = table.assign(group=split_groups(params, index)).query("group != ''")
+        per_part = groups.groupby("role")["group"].nunique()
+        roles = ("labeled", "val", "test")
+        notes.append(
+            f"{params.split.group}s: " + ", ".join(f"{per_part.get(r, 0)} {r}" for r in roles)
         )
-        + note
-    )
+    return ", ".join(parts) + "".join(f"; {n}" for n in notes)
