@@ -4,6 +4,7 @@ selenium and chromium-driver; `make test` installs them as root, as it does slur
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -13,44 +14,62 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from s5cl.labelling import LabelStore, open_session, serve
 from s5cl.selection import select
 from s5cl.suggestions import contact_sheet, to_label_table
-from tests.conftest import ROOT
+from tests.conftest import PBC, ROOT
 
 CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 
 
-@pytest.fixture(scope="module")
-def suggested(tmp_path_factory) -> Path:
-    """A folder with digits packed by the real download and prepare stages, and six suggested
-    images (k-center on their pixels) with the probabilities of a logistic regression fitted
-    on 20 of them: what the suggest stage writes, without training a network."""
+def _suggestions(folder: Path, *sets: str) -> Path:
+    """`folder` with a dataset packed by the real download and prepare stages (params.yaml
+    with `sets`), and six suggested images (k-center on their pixels) with the probabilities
+    of a logistic regression fitted on 20 of them: what the suggest stage writes, without
+    training a network."""
     from sklearn.linear_model import LogisticRegression
 
-    folder = tmp_path_factory.mktemp("labelling")
     shutil.copy(ROOT / "params.yaml", folder)
+    args = [arg for item in sets for arg in ("--set", item)]
     for stage in ("download", "prepare"):
-        subprocess.run([sys.executable, ROOT / "stages" / f"{stage}.py"], cwd=folder, check=True,
-                       capture_output=True)  # fmt: skip
-    packed = folder / "data/packed/digits"
+        subprocess.run([sys.executable, ROOT / "stages" / f"{stage}.py", *args], cwd=folder,
+                       check=True, capture_output=True)  # fmt: skip
+    packed = next((folder / "data/packed").iterdir())
     index = pd.read_parquet(packed / "index.parquet")
+    names = json.loads((packed / "stats.json").read_text())["class_names"]
     images = np.memmap(packed / "images.u8", np.uint8, "r").reshape(len(index), -1)
-    x, y = images[:400].astype(float) / 255, index["label"].to_numpy()[:400]
+    rows = np.random.default_rng(0).permutation(len(index))[:400]
+    x, y = images[rows].astype(float) / 255, index["label"].to_numpy()[rows]
     labels = np.full(400, -1)
     labels[:20] = y[:20]
     probabilities = LogisticRegression(max_iter=1000).fit(x[:20], y[:20]).predict_proba(x)
-    chosen, scores = select("kcenter", x, 6, 0, labels, probabilities, 10)
-    table = to_label_table(chosen, index["path"].to_numpy()[chosen], scores,
-                           probabilities[chosen], [str(c) for c in range(10)])  # fmt: skip
+    chosen, scores = select("kcenter", x, 6, 0, labels, probabilities, len(names))
+    table = to_label_table(rows[chosen], index["path"].to_numpy()[rows[chosen]], scores,
+                           probabilities[chosen], names)  # fmt: skip
     (folder / "suggest").mkdir()
     table.to_csv(folder / "suggest/to_label.csv", index=False)
+    (folder / "labels").mkdir()
     return folder
 
 
+@pytest.fixture(scope="module")
+def suggested(tmp_path_factory) -> Path:
+    """Digits: an array dataset, whose images have no file of their own."""
+    return _suggestions(tmp_path_factory.mktemp("labelling"))
+
+
+@pytest.fixture(scope="module")
+def cells(tmp_path_factory) -> Path:
+    """pbc-240's blood cells (360 x 363 JPEGs in class folders, each file named after its
+    class): the page must show the original cell and no path."""
+    if not PBC.is_dir():
+        pytest.skip(f"{PBC} is absent (../shared not here)")
+    return _suggestions(tmp_path_factory.mktemp("cells"), "data.name=folder", f"data.root={PBC}")
+
+
 def test_contact_sheet_numbers_every_suggested_image(suggested, tmp_path):
-    from PIL import Image
 
     table = pd.read_csv(suggested / "suggest/to_label.csv")
     index = pd.read_parquet(suggested / "data/packed/digits/index.parquet")
@@ -95,14 +114,16 @@ def test_answers_are_saved_at_once_and_survive_a_restart(suggested, tmp_path):
     reason="Debian's chromium and chromium-driver are not installed (make test installs them "
     "as root with apt-get)",
 )
-def test_the_page_in_a_real_browser_by_key_and_by_click(suggested, tmp_path):
+def test_the_page_in_a_real_browser_by_key_and_by_click(cells, tmp_path):
+    """The page shows the original cell (read from its file, enlarged to 384 px on its shorter
+    side) and a caption without the file's path, whose class folder would give the answer."""
     webdriver = pytest.importorskip("selenium.webdriver")
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
     labels = tmp_path / "labels.csv"
-    session = open_session(suggested / "suggest/to_label.csv", labels,
-                           suggested / "data/packed/digits")  # fmt: skip
+    session = open_session(cells / "suggest/to_label.csv", labels,
+                           cells / "data/packed/folder")  # fmt: skip
     server = serve(session, 0)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     options = webdriver.ChromeOptions()
@@ -119,16 +140,24 @@ def test_the_page_in_a_real_browser_by_key_and_by_click(suggested, tmp_path):
             wait.until(lambda b: b.find_element(By.ID, "progress").text == text)
 
         progress("0 of 6 labeled, 0 skipped")
-        paths = pd.read_csv(suggested / "suggest/to_label.csv")["path"].tolist()
-        assert browser.find_element(By.ID, "image").get_attribute("naturalWidth") == "384"
+        paths = pd.read_csv(cells / "suggest/to_label.csv")["path"].tolist()
+        image = browser.find_element(By.ID, "image")
+        wait.until(lambda b: image.get_attribute("naturalWidth") not in (None, "0"))
+        first = Image.open(paths[0])  # the original: 360 x 363, shown at 384 x 387
+        shown = [int(image.get_attribute(a)) for a in ("naturalWidth", "naturalHeight")]
+        assert shown == [round(side * 384 / min(first.size)) for side in first.size]
+        assert image.get_attribute("class") == ""  # smooth, not pixelated
+        caption = browser.find_element(By.ID, "meta").text
+        assert caption.startswith("#1 (model: ") and "/" not in caption
+        assert not any(name in caption.split(":")[0] for name in ("BA_", "EO_", "basophil"))
         body = browser.find_element(By.TAG_NAME, "body")
-        body.send_keys("3")  # the third class: "2"
+        body.send_keys("3")  # the third class: erythroblast
         progress("1 of 6 labeled, 0 skipped")
-        browser.find_element(By.CSS_SELECTOR, 'button[data-label="7"]').click()
+        browser.find_element(By.CSS_SELECTOR, 'button[data-label="platelet"]').click()
         progress("2 of 6 labeled, 0 skipped")
         body.send_keys("s")
         progress("2 of 6 labeled, 1 skipped")
-        body.send_keys("u")  # undoes the 7
+        body.send_keys("u")  # undoes the platelet
         progress("1 of 6 labeled, 1 skipped")
         assert browser.find_element(By.ID, "image").get_attribute("data-path") == paths[1]
         body.send_keys("6")
@@ -139,5 +168,7 @@ def test_the_page_in_a_real_browser_by_key_and_by_click(suggested, tmp_path):
         server.shutdown()
         server.server_close()
     saved = pd.read_csv(labels, dtype=str)
-    assert saved[["path", "label"]].values.tolist() == [[paths[0], "2"], [paths[1], "5"]]
+    assert saved[["path", "label"]].values.tolist() == [
+        [paths[0], "erythroblast"], [paths[1], "monocyte"]
+    ]  # fmt: skip
     assert (tmp_path / "page.png").stat().st_size > 5000

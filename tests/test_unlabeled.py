@@ -299,6 +299,17 @@ def test_real_unlabeled_images_and_one_labelling_round_under_snakemake_then_dvc(
     cell = sorted((PBC / "platelet").glob("*.jpg"))[0]
     printed = run(["s5cl", "predict", str(cell), str(tile)], project).stdout
     assert pd.read_csv(io.StringIO(printed))["path"].tolist() == [str(cell), str(tile)]
+    bad = run(["s5cl", "predict", str(project / "params.yaml")], project, check=False)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == (
+        f"s5cl predict: error: {project / 'params.yaml'}: not an image (PIL cannot identify it)"
+    )
+
+    # A threshold no pseudo-label reaches: one line, and the stage still writes its outputs.
+    strict = run(["python", "stages/pseudolabel.py", "--set", "pseudolabel.threshold=1.0"],
+                 project).stderr  # fmt: skip
+    assert "warning: pseudolabel kept 0% of 392 unlabeled images (no confidence reached " in strict
+    assert "retrain learns nothing new from them" in strict
 
 
 def _stage_error(project: Path, stage: str) -> str:

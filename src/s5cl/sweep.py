@@ -145,6 +145,13 @@ def label_round(params: Params, number: int) -> dict[str, Any]:
         layout.packed_dir(params.data.name) / INDEX, columns=["path", "class_name"]
     )
     truth = index.set_index("path")["class_name"]
+    unknown = int((truth[chosen] == "").sum())
+    if unknown:
+        raise UserError(
+            f"sweep.rounds: answers the suggestions with the dataset's own labels (a simulation), "
+            f"but {unknown} of the {len(chosen)} suggested images have none; label them with "
+            "s5cl label instead (docs/labelling.md)"
+        )
     store = LabelStore(Path(LABELS))
     for path in chosen:
         store.answer(path, truth[path])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from s5cl import layout
+from s5cl.datasets.registry import UNLABELED
 from s5cl.datasets.registry import download as fetch_dataset
 from s5cl.params import Params
 
@@ -14,8 +15,7 @@ def download(params: Params) -> str:
     raw = layout.raw_dir(cfg.name)
     manifest = fetch_dataset(cfg, raw, Path(cfg.downloads))
     subsets = manifest["subset"].value_counts()
-    parts = ", ".join(f"{subsets[s]} {s}" for s in ("train", "val", "test") if s in subsets)
-    return (
-        f"{len(manifest)} images ({parts}) in {manifest['class_name'].nunique()} classes "
-        f"listed in {raw}"
-    )
+    kinds = ("train", "val", "test", UNLABELED)
+    parts = ", ".join(f"{subsets[s]} {s}" for s in kinds if s in subsets)
+    classes = manifest.loc[manifest["subset"] != UNLABELED, "class_name"].nunique()
+    return f"{len(manifest)} images ({parts}) in {classes} classes listed in {raw}"

@@ -114,7 +114,9 @@ def _train_and_save(stage: stages.Stage, params: Params) -> str | None:
     }
     save_checkpoint(layout.model_path(stage.name), checkpoint)
     resume.finish()
+    val = final.get("val_acc", float("nan"))
+    val = "no val set" if np.isnan(val) else f"val acc {val:.3f}"
     return (
-        f"{params.method}: {steps} steps, loss {final['loss']:.3f}, "
-        f"val acc {final.get('val_acc', float('nan')):.3f} -> {layout.model_path(stage.name)}"
+        f"{params.method}: {steps} steps, loss {final['loss']:.3f}, {val} -> "
+        f"{layout.model_path(stage.name)}"
     )
