@@ -41,6 +41,7 @@ def make_project(dest: Path) -> Path:
         shutil.copy(ROOT / name, dest / name)
     run(["git", "init", "-q"], dest)
     run(["dvc", "init", "-q"], dest)
+    shutil.copy(ROOT / ".dvcignore", dest / ".dvcignore")
     run(["git", "add", "-A"], dest)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], dest)
     return dest

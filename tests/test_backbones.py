@@ -317,7 +317,7 @@ def test_frozen_vit_from_a_safetensors_file_on_pbc240(project, monkeypatch, tmp_
     assert final["mean"] == [0.5, 0.5, 0.5]
     for key, tensor in encoder.state_dict().items():
         assert torch.equal(final["model"][f"encoder.{key}"], tensor), key
-    model = model_from_checkpoint(final)
+    model = model_from_checkpoint(final, "models/final.pt", "rerun retrain")
     assert model.embedder.in_features == 192
     assert len(np.load(layout.FEATURES / "plain.npy", mmap_mode="r")) == 8 * 240
 

@@ -8,6 +8,7 @@ docs/faults.md is the user's side of this table.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -15,6 +16,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 import warnings
 import zlib
 from collections.abc import Callable
@@ -160,16 +162,25 @@ def env(base, tmp_path, monkeypatch) -> Env:
     shutil.copytree(base / "project", project, ignore=shutil.ignore_patterns("models"))
     shutil.copytree(base / "project" / "models", project / "models", copy_function=os.link)
     _write_params(project, tree)
+    # the copy's tree is its data.root: as if download had listed it (prepare checks that)
+    from s5cl.io import write_json
+    from s5cl.params import load_params
+    from s5cl.pipeline.download import LISTED, listed_with
+
+    listed = project / "data/raw/folder" / LISTED
+    listed.unlink()
+    write_json(listed, listed_with(load_params(project / "params.yaml", [])))
     monkeypatch.chdir(project)
     return Env(project, tree)
 
 
 def outputs(project: Path) -> dict[str, bytes]:
+    """Every output a stage made (not data/downloads: download's own store and md5 cache)."""
     return {
         str(p.relative_to(project)): p.read_bytes()
         for folder in ("data", "models", "metrics")
         for p in sorted((project / folder).rglob("*"))
-        if p.is_file()
+        if p.is_file() and not p.relative_to(project).as_posix().startswith("data/downloads/")
     }
 
 
@@ -254,9 +265,9 @@ def test_a_bad_image_is_named_in_one_line_and_the_packed_data_stays(env, capsys,
         "data.on_bad_image: skip"
     )
     assert _matches(ran.last, expected), ran.last
-    after = outputs(env.project)
-    del after["data/raw/folder/manifest.parquet"], before["data/raw/folder/manifest.parquet"]
-    assert after == before  # the old packed data is whole
+    listed = ("data/raw/folder/manifest.parquet", "data/raw/folder/listed.json")
+    after = {k: v for k, v in outputs(env.project).items() if k not in listed}
+    assert after == {k: v for k, v in before.items() if k not in listed}  # packed data whole
 
 
 def test_skip_leaves_every_kind_of_bad_file_out_and_lists_it(env, capsys):
@@ -367,6 +378,28 @@ def _random_bytes(name: str, size: int) -> Callable[[Env], None]:
     return lambda env: (env.project / name).write_bytes(random.Random(size).randbytes(size))
 
 
+def _model_edit(edit: Callable[[dict], object]) -> Callable[[Env], None]:
+    """models/warmup.pt, read and written back with one thing changed by `edit`."""
+
+    def spoil(env: Env) -> None:
+        model = torch.load(env.project / "models/warmup.pt", weights_only=True)
+        edit(model)
+        (env.project / "models/warmup.pt").unlink()  # a hard link: never write into it
+        torch.save(model, env.project / "models/warmup.pt")
+
+    return spoil
+
+
+def _more_params(extra: dict) -> Callable[[Env], None]:
+    return lambda env: _write_params(env.project, env.tree, extra)
+
+
+EMPTY_PARAMS = (
+    "split: error: bad.yaml: empty; expected the sections of params.yaml (data:, split:, ...; "
+    "copy the project's params.yaml)"
+)
+
+
 def _plain_state_dict(env: Env) -> None:
     model = torch.load("models/warmup.pt", weights_only=False)["model"]
     torch.save(model, env.project / "state.pt")
@@ -422,7 +455,8 @@ CASES = {
     "empty_test_set": Case(
         _one_image_per_class, "split", tuple(sets("split.labels_per_class=1")),
         "split: error: split.test_fraction=0.25: the test set is empty (the largest class has 1 "
-        "training images, and round(0.25 x 1) = 0); add images or raise split.test_fraction",
+        "labeled training images, and round(0.25 x 1) = 0); add labeled images or raise "
+        "split.test_fraction",
         first=("download", "prepare"),
     ),
     "leakage": Case(
@@ -488,6 +522,78 @@ CASES = {
         lambda e: None, "warmup", tuple(sets("warmup.batch_labeled=30")),
         "warmup: error: bad parameter: warmup: batch_labeled=30 must be a multiple of "
         "m_per_class=4",
+    ),
+    "empty_params_file": Case(
+        _params_file(b""), "split", ("--params", "bad.yaml"), EMPTY_PARAMS,
+    ),
+    "params_only_comments": Case(
+        _params_file(b"# all of it commented out\n"), "split", ("--params", "bad.yaml"),
+        EMPTY_PARAMS,
+    ),
+    "params_null": Case(_params_file(b"null\n"), "split", ("--params", "bad.yaml"), EMPTY_PARAMS),
+    "params_false": Case(
+        _params_file(b"false\n"), "split", ("--params", "bad.yaml"),
+        "split: error: bad.yaml: holds bool False, expected a mapping of sections",
+    ),
+    "params_a_list": Case(
+        _params_file(b"[]\n"), "split", ("--params", "bad.yaml"),
+        "split: error: bad.yaml: holds list [], expected a mapping of sections",
+    ),
+    "yes_for_a_number": Case(
+        lambda e: None, "split", tuple(sets("warmup.steps=yes")),
+        "split: error: bad parameter: warmup: steps = True: a yes/no, where a number is expected",
+    ),
+    "seed_beyond_numpy": Case(
+        lambda e: None, "split", tuple(sets("seed=4294967296")),
+        "split: error: bad parameter: seed = 4294967296: Input should be less than or equal to "
+        "4294967295",
+    ),
+    "negative_test_seed": Case(
+        lambda e: None, "split", tuple(sets("split.test_seed=-1")),
+        "split: error: bad parameter: split.test_seed = -1: Input should be greater than or "
+        "equal to 0",
+    ),
+    "embedding_beyond_memory": Case(
+        lambda e: None, "warmup", tuple(sets("model.embedding_dim=1000000000")),
+        "warmup: error: bad parameter: model.embedding_dim = 1000000000: Input should be less "
+        "than or equal to 16384",
+    ),
+    # model files that read but do not fit
+    "warmup_model_of_other_classes": Case(
+        _model_edit(lambda m: m.update(class_names=["ADI", "TUM"])), "s5cl", (),
+        "s5cl: error: models/warmup.pt: made for classes ['ADI', 'TUM'] at 32 px, but the data "
+        "are ['basophil', 'eosinophil'] at 32 px (another dataset or data.size); "
+        + RERUN.format(*["warmup"] * 2),
+    ),
+    "warmup_model_broken_weights": Case(
+        _model_edit(lambda m: m["model"].pop("embedder.weight")), "s5cl", (),
+        "s5cl: error: models/warmup.pt: its params, classes or weights do not make the network "
+        "it describes (…); " + RERUN.format(*["warmup"] * 2),
+    ),
+    "warmup_model_broken_params": Case(
+        _model_edit(lambda m: m["params"]["model"].update(arch="resnet9")), "s5cl", (),
+        "s5cl: error: models/warmup.pt: its params, classes or weights do not make the network "
+        "it describes (…); " + RERUN.format(*["warmup"] * 2),
+    ),
+    "predict_model_broken_weights": Case(
+        _model_edit(lambda m: m["model"].pop("embedder.weight")), "predict",
+        lambda e: ("--model", "models/warmup.pt", str(e.image())),
+        "s5cl predict: error: models/warmup.pt: its params, classes or weights do not make the "
+        "network it describes (…); " + PREDICT_FIX,
+    ),
+    "predict_model_bad_neighbours": Case(
+        _model_edit(lambda m: m["labeled"].update(embeddings=torch.zeros(1, 3))), "predict",
+        lambda e: ("--model", "models/warmup.pt", str(e.image())),
+        "s5cl predict: error: models/warmup.pt: labeled embeddings of shape torch.Size([1, 3]), "
+        "not a model file of this project; " + PREDICT_FIX,
+    ),
+    "knn_k_above_the_test_images": Case(
+        _more_params({"s5cl.steps": 2, "s5cl.batch_labeled": 8, "s5cl.batch_unlabeled": 8,
+                      "retrain.steps": 2, "evaluate.knn_k": 6}),
+        "evaluate", (),
+        "evaluate: error: evaluate.knn_k=6: the test set has 6 images, and kNN needs more than "
+        "k; lower evaluate.knn_k (at most 5) or label more test images",
+        first=("s5cl", "pseudolabel", "retrain"),
     ),
     # model.weights
     "weights_random_bytes": Case(
@@ -745,3 +851,205 @@ def test_outputs_get_the_umask_mode(env, capsys):
     assert (Path("data/splits/split.parquet").stat().st_mode & 0o777) == 0o644
     assert (Path(PACKED).stat().st_mode & 0o777) == 0o755
     assert (Path(PACKED, "index.parquet").stat().st_mode & 0o777) == 0o644
+
+
+# ---------------------------------------------------------------- files that would run code
+
+
+class _RunsCode:
+    """What a crafted file holds: unpickling it calls os.system (touching `marker`)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _crafted(path: Path, marker: Path) -> None:
+    """A model file with every key the project checks for, and a pickled call beside them."""
+    from s5cl.io import MODEL_KEYS
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)  # a hard link to the base project's model: never write into it
+    torch.save({**dict.fromkeys(MODEL_KEYS), "model": {}, "x": _RunsCode(marker)}, path)
+
+
+def test_a_file_that_would_run_code_is_refused_wherever_it_is_read(env, capsys, tmp_path):
+    """A pickled os.system call in each model file, in a resume checkpoint and in the weights
+    file: every stage that reads one, and `s5cl predict`, ends in one line (or, for the
+    checkpoint, removes it and starts over), and the call never runs."""
+    from s5cl import stages
+    from s5cl.params import load_params
+    from s5cl.resume import Resume, fingerprint
+
+    marker = tmp_path / "the-payload-ran"
+    params = load_params("params.yaml", [])
+    own = Resume("warmup", 1, fingerprint(stages.get("warmup"), params)).path
+    (env.project / "models/warmup.pt").unlink()  # a killed run: a checkpoint and no model
+    _crafted(own, marker)  # the checkpoint warmup's next run would continue from
+    ran = stage("warmup", capsys)
+    assert ran.code == 0 and not own.exists()
+    assert f"note: removed {own}: it holds a call of posix.system, which a checkpoint never " \
+           "does; it was not run (docs/security.md); the stage starts over" in ran.err  # fmt: skip
+
+    for name in ("warmup", "s5cl", "final"):
+        _crafted(env.project / f"models/{name}.pt", marker)
+    _crafted(env.project / "checkpoints/s5cl-000000000000.pt", marker)  # a leftover
+    assert stage("download", capsys).code == 0  # remove_finished reads the models first
+    reads = {"s5cl": "warmup", "pseudolabel": "s5cl", "retrain": "s5cl", "evaluate": "warmup",
+             "report": "retrain", "suggest": "retrain"}  # fmt: skip
+    for name, writer in reads.items():
+        ran = stage(name, capsys)
+        path = "models/final.pt" if writer == "retrain" else f"models/{writer}.pt"
+        assert ran.code == 2, ran.err
+        assert ran.last == (
+            f"{name}: error: {path}: holds a call of posix.system, which a model file of this "
+            f"project never does; it was not run (docs/security.md); {RERUN.format(writer, writer)}"
+        )
+    ran = predict(capsys, "--model", "models/final.pt", str(env.image()))
+    assert ran.code == 2 and "models/final.pt: holds a call of posix.system" in ran.last
+    weights = env.project / "weights.pth"
+    torch.save({"conv1.weight": _RunsCode(marker)}, weights)
+    ran = stage("warmup", capsys, *sets(f"model.weights={weights}"))
+    assert ran.code == 2 and ran.last == (
+        f"warmup: error: model.weights='{weights}': holds a call of posix.system, which a "
+        "weights file never needs; it was not run (docs/security.md)"
+    )
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------- stopped, left over, unusual
+
+
+def test_ctrl_c_in_training_says_where_it_stopped_and_a_rerun_continues(env, capsys, monkeypatch):
+    from s5cl.methods import ContrastiveObjective
+
+    update, calls = ContrastiveObjective.update, []
+
+    def pressed_on_the_second_step(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return update(self, *args, **kwargs)
+
+    monkeypatch.setattr(ContrastiveObjective, "update", pressed_on_the_second_step)
+    (env.project / "models/warmup.pt").unlink()  # this run's model: the one being made
+    ran = stage("warmup", capsys, *sets("checkpoint.every=1"))
+    assert ran.code == 2
+    kept = next((env.project / "checkpoints").glob("warmup-*.pt")).relative_to(env.project)
+    assert ran.last == (
+        f"warmup: error: stopped by Ctrl-C at step 2 of 2; the last good checkpoint, {kept} (1 "
+        "step done), is kept; rerun the stage to continue"
+    )
+    monkeypatch.setattr(ContrastiveObjective, "update", update)
+    again = stage("warmup", capsys, *sets("checkpoint.every=1"))
+    assert again.code == 0 and f"warmup: resuming from {kept} at step 1 of 2" in again.out
+
+    def pressed(params):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("s5cl.stages.function", lambda name: pressed)
+    ran = stage("split", capsys)
+    assert ran.code == 2 and ran.last == (
+        "split: error: stopped by Ctrl-C; its outputs are written whole or not at all, so "
+        "nothing half-made is left: rerun it"
+    )
+
+
+def test_a_killed_checkpoint_write_leaves_nothing_after_the_next_stage(env, capsys):
+    leftover = env.project / "checkpoints" / ".warmup-0123456789ab.pt.k3j2.tmp"
+    leftover.parent.mkdir(exist_ok=True)
+    leftover.write_bytes(b"\0" * 4096)  # what SIGKILL during torch.save leaves
+    ran = stage("s5cl", capsys, *sets("s5cl.steps=1", "s5cl.batch_labeled=8",
+                                      "s5cl.batch_unlabeled=8"))  # fmt: skip
+    assert ran.code == 0, ran.err
+    assert not leftover.exists()
+
+
+def test_a_multi_frame_image_is_packed_by_its_first_frame_with_a_warning(env, capsys):
+    frames = [env.real().convert("RGB").rotate(90 * i) for i in range(3)]
+    gif = env.tree / "basophil" / "animated.gif"
+    frames[0].save(gif, save_all=True, append_images=frames[1:])
+    assert stage("download", capsys).code == 0
+    ran = stage("prepare", capsys)
+    assert ran.code == 0
+    assert (
+        f"warning: 1 images hold more than one frame (a multi-page TIFF or an animated GIF), e.g. "
+        f"{gif.resolve()} (3 frames): only the first frame of each is packed"
+    ) in ran.err
+
+
+def test_class_names_are_text_in_every_figure(tmp_path):
+    """matplotlib would parse `$x^$` as TeX and fail: every figure shows it as written."""
+    import pandas as pd
+
+    from s5cl.metrics import plot_confusion, plot_per_class_f1
+    from s5cl.report import embedding_map, pseudo_label_curve
+
+    names = ["$x^$", "=1+2", r"a\b$"]
+    plot_confusion([[1, 0, 0], [0, 1, 0], [0, 0, 1]], names, "$acc", tmp_path / "c.png")
+    scores = {"final": {"per_class_f1": dict(zip(names, [0.5, 0.6, 0.7], strict=True)),
+                        "macro_f1": 0.6}}  # fmt: skip
+    plot_per_class_f1(scores, names, tmp_path / "f.png")
+    rng = np.random.default_rng(0)
+    assert embedding_map(rng.random((30, 4)), np.arange(30) % 3, np.arange(30) < 3, names, 0)
+    pseudo = pd.DataFrame({"label": [0, 1, 2], "confidence": [0.9, 0.5, 0.95],
+                           "true_label": [-1, -1, -1]})  # fmt: skip
+    assert pseudo_label_curve(pseudo, 0.8, names)
+    assert (tmp_path / "c.png").stat().st_size > 1000 and (tmp_path / "f.png").exists()
+
+
+def test_a_second_driver_in_the_same_folder_is_refused(env, tmp_path):
+    """`dvc repro` running here, then a stage started by snakemake: one line, exit 2, nothing
+    touched; once dvc has ended, its record is stale and snakemake's stage runs. (The drivers
+    are stood in for by processes named dvc and snakemake: the check reads names from /proc.)"""
+    from s5cl.cli import _process
+
+    script = tmp_path / "split_stage.py"
+    script.write_text("from s5cl.cli import run_stage\nrun_stage('split')\n")
+    inner = f"{sys.executable} {script}; exit $?"  # two commands: bash waits, stays the parent
+    under_snakemake = ["bash", "-c", f"exec -a snakemake bash -c '{inner}'"]
+    dvc = subprocess.Popen(["bash", "-c", "exec -a dvc sleep 120"])
+    try:
+        for _ in range(100):  # until the exec has happened
+            found = _process(dvc.pid)
+            if found and found[0][0] == "dvc":
+                break
+            time.sleep(0.05)
+        record = {"driver": "dvc", "pid": dvc.pid, "start": found[2]}
+        (env.project / ".s5cl-driver.json").write_text(json.dumps(record))
+        before = outputs(env.project)
+        ran = subprocess.run(under_snakemake, cwd=env.project, capture_output=True, text=True)
+        assert ran.returncode == 2 and "Traceback" not in ran.stderr
+        assert ran.stderr.strip().splitlines()[-1] == (
+            f"split: error: dvc (pid {dvc.pid}) is running the pipeline in this folder; two "
+            "drivers at once would mix their outputs: wait for it to end, or stop it "
+            "(.s5cl-driver.json records it)"
+        )
+        assert outputs(env.project) == before
+    finally:
+        dvc.kill()
+        dvc.wait()
+    ran = subprocess.run(under_snakemake, cwd=env.project, capture_output=True, text=True)
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads((env.project / ".s5cl-driver.json").read_text())["driver"] == "snakemake"
+
+
+def test_a_bad_snakemake_overlay_is_the_same_one_line(project):
+    """--configfile and --config go through the stages' own checks: one line, exit 2, not
+    Snakemake's stack of the Snakefile's lines."""
+    from .conftest import run
+
+    (project / "overlay.yaml").write_text("s5cl: {tau_u: -1}\n")
+    said = "snakemake: error: bad parameter: "
+    cases = [
+        (["--configfile", "overlay.yaml"], said + "s5cl.tau_u = -1: Input should be greater "
+         "than 0"),
+        (["--config", "seed=yes"], said + "seed = 'yes': Input should be a valid integer, unable "
+         "to parse string as an integer"),
+    ]  # fmt: skip
+    for args, expected in cases:
+        ran = run(["snakemake", "-n", "--cores", "1", *args], project, check=False)
+        assert ran.returncode == 2 and "Traceback" not in ran.stderr, ran.stderr
+        assert ran.stderr.strip().splitlines()[-1] == expected

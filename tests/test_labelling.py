@@ -16,6 +16,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from s5cl.errors import UserError
 from s5cl.labelling import LabelStore, open_session, serve
 from s5cl.selection import select
 from s5cl.suggestions import contact_sheet, to_label_table
@@ -172,3 +173,128 @@ def test_the_page_in_a_real_browser_by_key_and_by_click(cells, tmp_path):
         [paths[0], "erythroblast"], [paths[1], "monocyte"]
     ]  # fmt: skip
     assert (tmp_path / "page.png").stat().st_size > 5000
+
+
+@pytest.fixture
+def page(suggested, tmp_path):
+    """The labelling page's server on a free port, and the token its page carries."""
+    import re
+    import urllib.request
+
+    session = open_session(suggested / "suggest/to_label.csv", tmp_path / "labels.csv",
+                           suggested / "data/packed/digits")  # fmt: skip
+    server = serve(session, 0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    html = urllib.request.urlopen(f"http://127.0.0.1:{port}/").read().decode()
+    yield port, re.search(r'const TOKEN = "([^"]+)"', html).group(1), session
+    server.shutdown()
+    server.server_close()
+
+
+def _request(port: int, method: str, path: str, headers: dict, body: bytes = b"") -> tuple:
+    """A raw HTTP request, headers as given (Host included): (status, JSON answer)."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    connection.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
+    for key, value in {"Host": f"127.0.0.1:{port}", **headers}.items():
+        connection.putheader(key, value)
+    connection.endheaders()
+    if body:
+        connection.send(body)
+    response = connection.getresponse()
+    answer = response.read()
+    connection.close()
+    return response.status, json.loads(answer) if answer.startswith(b"{") else answer
+
+
+def test_the_page_answers_only_its_own_page(page, suggested, tmp_path, capfd):
+    """What another web page in the same browser could send (a form POST as text/plain, a
+    rebound DNS name, a foreign Origin, no token) and malformed requests: each a clean 4xx,
+    nothing written, no traceback in the terminal."""
+    port, token, session = page
+    first = session.state()["current"]["path"]
+    ok = {"X-S5CL-Token": token, "Content-Type": "application/json"}
+    answer = json.dumps({"path": first, "label": "3"}).encode()
+    sized = {"Content-Length": str(len(answer))}
+    status, _ = _request(port, "POST", "/api/answer", {**ok, **sized}, answer)
+    assert status == 200 and session.store.labeled() == {first}
+    refused = [
+        # a cross-site form: text/plain, no token (no CORS preflight for it)
+        (403, "POST", "/api/undo", {"Content-Type": "text/plain", "Content-Length": "2"}, b"{}"),
+        (415, "POST", "/api/undo", {"X-S5CL-Token": token, "Content-Type": "text/plain",
+                                    "Content-Length": "2"}, b"{}"),
+        (403, "GET", "/", {"Host": "attacker.example"}, b""),  # DNS rebinding
+        (403, "GET", "/api/state", {"Host": f"attacker.example:{port}", **ok}, b""),
+        (403, "POST", "/api/undo", {**ok, "Origin": "http://evil.example", "Content-Length": "2"},
+         b"{}"),
+        (403, "POST", "/api/undo", {**ok, "X-S5CL-Token": "guess", "Content-Length": "2"}, b"{}"),
+        (403, "GET", "/api/state", {}, b""),
+        (403, "GET", "/image/1", {}, b""),
+        (400, "POST", "/api/undo", {**ok, "Content-Length": "abc"}, b""),
+        (400, "POST", "/api/undo", {**ok, "Content-Length": "-5"}, b""),
+        (413, "POST", "/api/skip", {**ok, "Content-Length": str(50 * 2**20)}, b""),
+        (400, "POST", "/api/undo", {**ok, "Content-Length": "6"}, b"[1, 2]"),
+        (400, "POST", "/api/undo", {**ok, "Content-Length": "5"}, b'"abc"'),
+        (400, "POST", "/api/undo", {**ok, "Content-Length": "4"}, b"\xff\xfe{}"),
+        (400, "POST", "/api/skip", {**ok, "Content-Length": "23"}, b'{"path": "/etc/passwd"}'),
+        (400, "POST", "/api/answer", {**ok, "Content-Length": "2"}, b"{}"),
+        (400, "POST", "/api/nothing", {**ok, "Content-Length": "2"}, b"{}"),
+        (404, "GET", "/../../etc/passwd", ok, b""),
+    ]  # fmt: skip
+    for status, method, path, headers, body in refused:
+        got, answer = _request(port, method, path, headers, body)
+        assert got == status, (method, path, headers, answer)
+        assert isinstance(answer, dict) and answer["error"], answer
+    assert session.store.labeled() == {first}  # none of them undid or wrote anything
+    status, state = _request(port, "GET", "/api/state", ok)
+    assert status == 200 and state["labeled"] == 1
+    status, image = _request(port, "GET", f"/image/1?token={token}", {})
+    assert status == 200 and image.startswith(b"\x89PNG")
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_two_pages_on_one_labels_file_lose_no_answer(suggested, tmp_path):
+    """Two sessions answering into one file: each change is merged into the file as it is on
+    disk, and undo forgets only the session's own last answer."""
+    labels = tmp_path / "labels.csv"
+    one, two = (open_session(suggested / "suggest/to_label.csv", labels,
+                             suggested / "data/packed/digits") for _ in range(2))  # fmt: skip
+    paths = one.queue["path"].tolist()
+    one.act("answer", {"path": paths[0], "label": "1"})
+    two.act("answer", {"path": paths[1], "label": "2"})
+    one.act("answer", {"path": paths[2], "label": "3"})
+    assert LabelStore(labels).labeled() == set(paths[:3])
+    two.act("undo", {})  # two's own answer, not one's later one
+    assert LabelStore(labels).labeled() == {paths[0], paths[2]}
+    assert one.state()["labeled"] == 2 and two.state()["labeled"] == 2
+
+
+def test_a_busy_port_and_a_wrong_table_are_one_line(suggested, tmp_path, page):
+    port = page[0]
+    with pytest.raises(UserError, match=rf"--port {port}: in use \(another s5cl label\?\)"):
+        serve(page[2], port)
+    with pytest.raises(UserError, match=r"--port 70000: a port is 0\.\.65535"):
+        serve(page[2], 70000)
+    table = tmp_path / "wrong.csv"
+    table.write_text("image,class\na.png,3\n")
+    with pytest.raises(UserError, match=r"wrong.csv: no column path, rank, row \(not the"):
+        open_session(table, tmp_path / "labels.csv", suggested / "data/packed/digits")
+    table.write_text("rank,path,row\n1,a.png,x\n")
+    with pytest.raises(UserError, match="a rank or row that is not a number"):
+        open_session(table, tmp_path / "labels.csv", suggested / "data/packed/digits")
+
+
+def test_csv_cells_a_spreadsheet_would_run_are_neutralised_and_read_back(tmp_path):
+    """OWASP's rule: a text cell starting with = + - @ tab or CR gets a quote; the project reads
+    every cell back as it was (numbers are never quoted)."""
+    from s5cl.io import read_csv, write_csv
+
+    cells = ["=1+2", "+SUM(A1)", "-2+3", "@cmd", "\tx", "'quoted", "'=both", "plain", "a=b"]
+    frame = pd.DataFrame({"text": cells, "number": np.arange(len(cells)) - 3.5})
+    write_csv(frame, tmp_path / "t.csv")
+    raw = pd.read_csv(tmp_path / "t.csv", dtype=str)["text"].tolist()
+    assert [cell[0] for cell in raw[:7]] == ["'"] * 7 and raw[7:] == ["plain", "a=b"]
+    back = read_csv(tmp_path / "t.csv")
+    assert back["text"].tolist() == cells and back["number"].tolist() == frame["number"].tolist()

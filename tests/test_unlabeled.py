@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import re
 import threading
 import urllib.request
 import warnings
@@ -208,13 +210,15 @@ def _answer_as_the_page_does(project: Path, params: Path) -> list[str]:
     url = f"http://127.0.0.1:{server.server_address[1]}"
     answered = []
     try:
+        page = urllib.request.urlopen(f"{url}/").read().decode()
+        token = re.search(r'const TOKEN = "([^"]+)"', page).group(1)  # what the page sends
         while (current := session.state()["current"]) is not None:
-            image = urllib.request.urlopen(f"{url}{current['image']}").read()
+            image = urllib.request.urlopen(f"{url}{current['image']}?token={token}").read()
             assert min(Image.open(io.BytesIO(image)).size) >= 384  # the original cell, enlarged
             truth = Path(current["path"]).parent.name
             body = json.dumps({"path": current["path"], "label": truth}).encode()
-            request = urllib.request.Request(f"{url}/api/answer", body,
-                                             {"Content-Type": "application/json"})  # fmt: skip
+            headers = {"Content-Type": "application/json", "X-S5CL-Token": token}
+            request = urllib.request.Request(f"{url}/api/answer", body, headers)
             assert urllib.request.urlopen(request).status == 200
             answered.append(current["path"])
     finally:
@@ -336,7 +340,7 @@ def test_bad_few_label_inputs_are_one_line_each(project):
     write_params(project, {"split.group": "scanner"})
     assert _stage_error(project, "split") == (
         "split: error: split.group='scanner': not a column of the dataset's CSV (its columns are "
-        "patient); add it (dvc repro -f download) or set split.group: null"
+        "patient); add it (dvc repro) or set split.group: null"
     )
     table = pd.read_csv(data / "labeled.csv")
     table.loc[2, "patient"] = ""
@@ -346,5 +350,35 @@ def test_bad_few_label_inputs_are_one_line_each(project):
         run(["python", f"stages/{stage}.py"], project)
     assert _stage_error(project, "split") == (
         "split: error: split.group='patient': 1 images have no patient, e.g. "
-        f"{table.loc[2, 'path']}; give every image one"
+        f"{os.path.realpath(table.loc[2, 'path'])}; give every image one"
     )
+
+
+@needs_shared()
+def test_plain_dvc_repro_sees_an_added_and_a_relabelled_image(project):
+    """download lists the folder on every `dvc repro` (always_changed), reading only files
+    whose size or time changed: an unchanged folder stops the rerun at download, an added or
+    moved image reruns prepare."""
+    tree = project / "cells"
+    for name in CLASSES[:2]:
+        (tree / name).mkdir(parents=True)
+        for cell in _cells(name, 0, 3):
+            (tree / name / cell.name).symlink_to(cell)
+    write_params(project, {"data.name": "folder", "data.root": str(tree), "data.workers": 1})
+
+    def repro() -> list[str]:
+        return re.findall(
+            r"Running stage '(\w+)'", run(["dvc", "repro", "prepare"], project).stdout
+        )
+
+    def counts() -> dict:
+        stats = json.loads((project / "data/packed/folder/stats.json").read_text())
+        return stats["counts"]["train"]
+
+    assert repro() == ["download", "prepare"]
+    assert repro() == ["download"]  # listed again, the same list: prepare stays cached
+    extra = _cells("eosinophil", 5, 1)[0]
+    (tree / "eosinophil" / extra.name).symlink_to(extra)
+    assert repro() == ["download", "prepare"] and counts() == {"basophil": 3, "eosinophil": 4}
+    (tree / "eosinophil" / extra.name).rename(tree / "basophil" / extra.name)  # relabelled
+    assert repro() == ["download", "prepare"] and counts() == {"basophil": 4, "eosinophil": 3}

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from s5cl.errors import UserError
-from s5cl.io import describe_checkpoint, first_line
+from s5cl.io import describe_checkpoint, first_line, refused_global
 from s5cl.params import FREEZE, TIMM
 
 WRAPPERS = ("state_dict", "model")  # keys a training script often nests its state dict in
@@ -160,6 +160,11 @@ def read_state_dict(path: Path, arch: str) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # unpickling other bytes raises almost anything
+        if (refused := refused_global(error)) is not None:  # weights_only refused a call
+            raise UserError(
+                f"{where}: holds {refused}, which a weights file never needs; it was not run "
+                "(docs/security.md)"
+            ) from None
         kind = "safetensors" if path.suffix == ".safetensors" else "PyTorch weights"
         raise UserError(f"{where}: not a {kind} file ({first_line(error)})") from None
     for key in WRAPPERS:

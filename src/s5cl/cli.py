@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -11,12 +12,66 @@ from pathlib import Path
 
 from s5cl import layout, stages
 from s5cl.errors import UserError
-from s5cl.io import cannot_write, refused_write, remove_leftovers
+from s5cl.io import atomic_path, cannot_write, refused_write, remove_leftovers
 from s5cl.params import load_params
 
 
 def _warning_line(message, category, filename, lineno, file=None, line=None):
     print(f"warning: {message}", file=sys.stderr)
+
+
+DRIVERS = ("dvc", "snakemake")
+
+
+def _process(pid: int) -> tuple[list[str], int, int] | None:
+    """A process's argv, parent and start time (clock ticks since boot), from /proc; None if
+    it is gone (or this is not Linux)."""
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return argv, int(fields[1]), int(fields[19])
+
+
+def driver() -> dict | None:
+    """The dvc or snakemake process this stage runs under: its nearest ancestor by that name
+    (`python -m snakemake` too). None when run as a plain script."""
+    pid = os.getppid()
+    while pid > 1 and (found := _process(pid)) is not None:
+        argv, parent, start = found
+        for arg in argv[:3]:
+            if Path(arg).name in DRIVERS:
+                return {"driver": Path(arg).name, "pid": pid, "start": start}
+        pid = parent
+    return None
+
+
+def claim_folder() -> None:
+    """One kind of driver at a time in a project folder: `dvc repro` and `snakemake` running at
+    once would each write outputs the other's stages read, from two configs. (Two of one kind
+    are stopped by its own lock: DVC's repository lock, Snakemake's .snakemake/locks.) Each
+    stage records its driver (layout.DRIVER); a stage of the other kind, while the recorded
+    process still runs on this machine, stops with one line. A record of a process that has
+    ended is stale and replaced. Snakemake's cluster jobs each run under a snakemake of their
+    own: the same kind, so they pass."""
+    me = driver()
+    if me is None:
+        return
+    try:
+        other = json.loads(layout.DRIVER.read_text())
+    except (OSError, ValueError):
+        other = None
+    if isinstance(other, dict) and other.get("driver") != me["driver"]:
+        alive = _process(int(other.get("pid", 0)))
+        if alive is not None and alive[2] == other.get("start"):
+            raise UserError(
+                f"{other['driver']} (pid {other['pid']}) is running the pipeline in this folder; "
+                f"two drivers at once would mix their outputs: wait for it to end, or stop it "
+                f"({layout.DRIVER} records it)"
+            )
+    with atomic_path(layout.DRIVER) as tmp:
+        tmp.write_text(json.dumps(me))
 
 
 def _processes() -> tuple[int, str]:
@@ -34,6 +89,9 @@ def remove_what_kills_left(name: str, dataset: str) -> None:
         for out in map(Path, stages.resolve_paths(before.outputs(), dataset)):
             remove_leftovers(out)
             remove_leftovers(out.parent)  # atomic_dir's of a folder holding the outputs
+    for stage in (*stages.upstream(name), stages.get(name)):  # a killed checkpoint write's
+        for leftover in layout.CHECKPOINTS.glob(f".{stage.name}-*.tmp"):
+            leftover.unlink(missing_ok=True)
     if any(layout.CHECKPOINTS.glob("*.pt")):  # a glob: torch is loaded only if needed
         from s5cl.resume import remove_finished
 
@@ -74,6 +132,7 @@ def run_stage(name: str) -> None:
                 f"(torchrun is for {multi})"
             )
         params = load_params(args.params, args.overrides)
+        claim_folder()
         remove_what_kills_left(name, params.data.name)
         summary = stages.function(name)(params)
     except (UserError, OSError, RuntimeError) as error:
@@ -84,6 +143,13 @@ def run_stage(name: str) -> None:
             error = cannot_write(refused.filename or "an output", refused)
         who = f" (rank {rank} of {processes})" if processes > 1 else ""
         print(f"{name}{who}: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C outside a training loop (which says its step itself)
+        print(
+            f"{name}: error: stopped by Ctrl-C; its outputs are written whole or not at all, so "
+            "nothing half-made is left: rerun it",
+            file=sys.stderr,
+        )
         sys.exit(2)
     if summary is not None:  # None: a torchrun process other than rank 0
         print(f"{name}: {summary} [{time.perf_counter() - start:.1f}s]")

@@ -142,6 +142,39 @@ def write_parquet(path: str | Path, frame: pd.DataFrame) -> None:
         frame.to_parquet(tmp, index=False)
 
 
+# A text cell a spreadsheet would run as a formula starts with one of these (OWASP's CSV
+# injection rule); a quote before it makes it text, and a cell starting with a quote gets one
+# more, so reading strips exactly one and every cell comes back as it was.
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def _is_text(column: pd.Series) -> bool:
+    return pd.api.types.is_object_dtype(column) or pd.api.types.is_string_dtype(column)
+
+
+def write_csv(frame: pd.DataFrame, target: Any) -> None:
+    """`frame` as CSV into `target` (a path or an open file), its text cells neutralised for
+    spreadsheets (a class named `=1+2` is written `'=1+2`); numbers are left as they are."""
+    safe = frame.copy()
+    for column in safe.columns:
+        if _is_text(safe[column]):
+            text = safe[column].astype(str).where(safe[column].notna())
+            risky = text.str.startswith(FORMULA_STARTS, na=False)
+            safe[column] = text.where(~risky, "'" + text)
+    safe.to_csv(target, index=False)
+
+
+def read_csv(path: str | Path, **kwargs: Any) -> pd.DataFrame:
+    """A CSV written by write_csv, every text cell as it was before writing."""
+    frame = pd.read_csv(path, **kwargs)
+    for column in frame.columns:
+        if _is_text(frame[column]):
+            text = frame[column]
+            quoted = text.str.startswith("'", na=False) & text.str[1:2].isin(FORMULA_STARTS)
+            frame[column] = text.where(~quoted, text.str[1:])
+    return frame
+
+
 def rerun_hint(path: str | Path) -> str:
     """'rerun the prepare stage (dvc repro)' for a file a stage writes; DVC and Snakemake both
     rerun a stage whose output is missing or changed."""
@@ -210,6 +243,15 @@ def describe_checkpoint(content: Any) -> str:
     return f"a dict with keys {', '.join(sorted(map(str, content))[:6])}"
 
 
+def refused_global(error: Exception) -> str | None:
+    """What torch.load(weights_only=True) refused to build, from its message: `GLOBAL
+    posix.system` -> 'a call of posix.system'; None for bytes that are no pickle at all."""
+    import re
+
+    found = re.search(r"(?:GLOBAL|global) ([\w.]+)", str(error))
+    return f"a call of {found.group(1)}" if found else None
+
+
 def load_checkpoint(path: str | Path, hint: str | None = None) -> dict[str, Any]:
     """A model file written by warmup, s5cl or retrain. Anything else (missing, truncated,
     random bytes, a plain state dict) ends in one line saying what it is and what to do:
@@ -220,9 +262,14 @@ def load_checkpoint(path: str | Path, hint: str | None = None) -> dict[str, Any]
     fix = hint or rerun_hint(path)
     if not path.exists():
         raise UserError(f"{path}: model file missing; {fix}")
-    try:
-        content = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as error:  # unpickling other bytes raises almost anything
+    try:  # weights_only: tensors and plain values; a pickled object or call is refused
+        content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # other bytes raise almost anything
+        if (refused := refused_global(error)) is not None:
+            raise UserError(
+                f"{path}: holds {refused}, which a model file of this project never does; it "
+                f"was not run (docs/security.md); {fix}"
+            ) from None
         raise UserError(f"{path}: not a readable model file ({first_line(error)}); {fix}") from None
     if not isinstance(content, dict) or not all(key in content for key in MODEL_KEYS):
         raise UserError(

@@ -11,13 +11,21 @@ then trains with them on the next `dvc repro`.
 from __future__ import annotations
 
 import argparse
+import errno
+import fcntl
+import hmac
 import io
 import json
+import secrets
+import sys
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pandas as pd
@@ -26,7 +34,7 @@ from PIL import Image, ImageOps
 from s5cl import layout
 from s5cl.datasets.packed import PackedDataset
 from s5cl.errors import UserError
-from s5cl.io import atomic_path, read_input
+from s5cl.io import atomic_path, first_line, read_csv, read_input, write_csv
 from s5cl.suggestions import TO_LABEL
 
 LABELS_CSV = layout.LABELS / "labels.csv"
@@ -34,41 +42,63 @@ SHOWN = 384  # pixels: the shorter side of an image is shown at least this large
 
 
 class LabelStore:
-    """The answers in `path` (CSV: path, label, time), in the order given. Every change
-    rewrites the file whole through a temporary file and a rename: it is always complete."""
+    """The answers in `path` (CSV: path, label, time), in the order given. Several pages may
+    answer into one file (two people, or a page started twice): every change takes an
+    exclusive lock (`.<name>.lock` beside it), reads the file as it is now, applies the change
+    and writes the file whole through a temporary file and a rename, so it is always complete
+    and no session's answers are lost. `undo` forgets this session's own last answer."""
 
     COLUMNS = ("path", "label", "time")
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.rows: list[dict[str, str]] = []
-        if path.exists():
-            frame = read_input(path, lambda p: pd.read_csv(p, dtype=str), "labels table")
-            if list(frame.columns[:2]) != ["path", "label"]:
-                raise UserError(f"{path}: columns {list(frame.columns)}; expected path,label,time")
-            self.rows = frame.fillna("").to_dict("records")
+        self.mine: list[str] = []  # the paths this session answered, in order (for undo)
+        self.rows()  # a foreign file is an error now, not at the first answer
+
+    def rows(self) -> list[dict[str, str]]:
+        if not self.path.exists():
+            return []
+        frame = read_input(self.path, lambda p: read_csv(p, dtype=str), "labels table")
+        if list(frame.columns[:2]) != ["path", "label"]:
+            raise UserError(f"{self.path}: columns {list(frame.columns)}; expected path,label,time")
+        return frame.fillna("").to_dict("records")
 
     def labeled(self) -> set[str]:
-        return {row["path"] for row in self.rows}
+        return {row["path"] for row in self.rows()}
+
+    @contextmanager
+    def _locked(self) -> Iterator[list[dict[str, str]]]:
+        """The rows as they are on disk, under the lock; written back when the block ends."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path.parent / f".{self.path.name}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                rows = self.rows()
+                yield rows
+                with atomic_path(self.path) as tmp:
+                    write_csv(pd.DataFrame(rows, columns=list(self.COLUMNS)), tmp)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
 
     def answer(self, path: str, label: str) -> None:
         """Label `path` (again: a new answer replaces an earlier one)."""
-        self.rows = [row for row in self.rows if row["path"] != path]
-        self.rows.append({"path": path, "label": label, "time": datetime.now(UTC).isoformat()})
-        self._save()
+        with self._locked() as rows:
+            rows[:] = [row for row in rows if row["path"] != path]
+            rows.append({"path": path, "label": label, "time": datetime.now(UTC).isoformat()})
+        self.mine.append(path)
 
     def undo(self) -> str | None:
-        """Forget the last answer; return its path (None: nothing to undo)."""
-        if not self.rows:
-            return None
-        last = self.rows.pop()
-        self._save()
-        return last["path"]
-
-    def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(self.path) as tmp:
-            pd.DataFrame(self.rows, columns=list(self.COLUMNS)).to_csv(tmp, index=False)
+        """Forget this session's last answer still in the file; return its path (None:
+        nothing to undo)."""
+        with self._locked() as rows:
+            present = {row["path"] for row in rows}
+            while self.mine and self.mine[-1] not in present:
+                self.mine.pop()  # answered again elsewhere and removed: nothing of ours
+            if not self.mine:
+                return None
+            path = self.mine.pop()
+            rows[:] = [row for row in rows if row["path"] != path]
+        return path
 
 
 class Session:
@@ -120,7 +150,9 @@ class Session:
                     raise UserError(f"{body.get('path')!r} is not a suggested image")
                 self.store.answer(body["path"], body["label"])
             elif action == "skip":
-                self.skipped.add(str(body.get("path")))
+                if body.get("path") not in set(self.queue["path"]):
+                    raise UserError(f"{body.get('path')!r} is not a suggested image")
+                self.skipped.add(body["path"])
             elif action == "undo":
                 path = self.store.undo()
                 if path is None and self.skipped:  # nothing answered: bring back a skipped one
@@ -187,10 +219,12 @@ PAGE = """<!doctype html>
 <p class="hint">Keys: 1-9 choose a class, s skips, u or Backspace undoes.
 Every answer is saved at once to <code id="csv"></code>.</p>
 <script>
+const TOKEN = "__TOKEN__";  // this session's; the server answers no request without it
 let state = null;
 async function call(url, body) {
-  const response = await fetch(url, body === undefined ? {} :
-    {method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body)});
+  const headers = {"X-S5CL-Token": TOKEN};
+  const response = await fetch(url, body === undefined ? {headers: headers} : {method: "POST",
+    headers: {...headers, "Content-Type": "application/json"}, body: JSON.stringify(body)});
   const answer = await response.json();
   if (!response.ok) { alert(answer.error); return; }
   state = answer; show();
@@ -203,7 +237,7 @@ function show() {
   document.getElementById("work").hidden = c === null;
   document.getElementById("finished").hidden = c !== null;
   if (c === null) return;
-  document.getElementById("image").src = c.image;
+  document.getElementById("image").src = `${c.image}?token=${TOKEN}`;
   document.getElementById("image").dataset.path = c.path;
   const img = document.getElementById("image");
   img.className = c.packed ? "packed" : "";
@@ -247,43 +281,112 @@ call("/api/state");
 """
 
 
-def handler(session: Session) -> type[BaseHTTPRequestHandler]:
+MAX_BODY = 64 * 1024  # bytes: an answer is a path and a class name
+
+
+class Refused(Exception):
+    """A request the page never makes: answered with `status` and one line, nothing done."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def handler(session: Session, token: str) -> type[BaseHTTPRequestHandler]:
+    """Requests for `session`'s page. Only the page itself is answered: the Host must be this
+    server (no DNS rebinding), an Origin, when sent, this server's (no other site's page), and
+    every call but the page carry `token` (which only the page holds); a POST must be a JSON
+    object of at most MAX_BODY bytes. Anything else is a clean 4xx, never a traceback."""
+
     class Handler(BaseHTTPRequestHandler):
         def _send(self, status: int, body: bytes, kind: str) -> None:
             self.send_response(status)
             self.send_header("Content-Type", kind)
             self.send_header("Content-Length", str(len(body)))
             self.send_header("Cache-Control", "no-store")
+            self.send_header("X-Content-Type-Options", "nosniff")
             self.end_headers()
             self.wfile.write(body)
 
         def _json(self, status: int, data: dict[str, Any]) -> None:
             self._send(status, json.dumps(data).encode(), "application/json")
 
+        def _check_origin(self) -> None:
+            port = self.server.server_address[1]
+            hosts = {f"127.0.0.1:{port}", f"localhost:{port}"}
+            if self.headers.get("Host") not in hosts:
+                raise Refused(403, "this server answers only its own page (Host)")
+            origin = self.headers.get("Origin")
+            if origin is not None and origin not in {f"http://{host}" for host in hosts}:
+                raise Refused(403, "this server answers only its own page (Origin)")
+
+        def _check_token(self, given: str | None) -> None:
+            if not hmac.compare_digest((given or "").encode(), token.encode()):
+                raise Refused(403, "missing or wrong session token")
+
+        def _body(self) -> dict[str, Any]:
+            kind = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+            if kind != "application/json":
+                raise Refused(415, "the body must be JSON (Content-Type: application/json)")
+            length = self.headers.get("Content-Length")
+            if length is None or not length.isdigit():
+                raise Refused(400, f"Content-Length {length!r}: expected a byte count")
+            if int(length) > MAX_BODY:
+                raise Refused(413, f"body of {int(length):,} bytes; at most {MAX_BODY:,}")
+            try:
+                body = json.loads(self.rfile.read(int(length)).decode("utf-8") or "{}")
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                raise Refused(400, f"the body is not JSON ({first_line(error)})") from None
+            if not isinstance(body, dict) or not all(isinstance(v, str) for v in body.values()):
+                raise Refused(400, "the body must be a JSON object of strings")
+            return body
+
+        def _answer(self, work: Callable[[], None]) -> None:
+            try:
+                work()
+            except Refused as refused:
+                self._json(refused.status, {"error": str(refused)})
+            except UserError as error:
+                self._json(400, {"error": str(error)})
+            except Exception as error:  # a bug: one line in the terminal, a 500 to the page
+                print(f"s5cl label: {self.command} {self.path}: {first_line(error)}",
+                      file=sys.stderr)  # fmt: skip
+                self._json(500, {"error": first_line(error)})
+
         def do_GET(self) -> None:
-            if self.path == "/":
-                self._send(200, PAGE.encode(), "text/html; charset=utf-8")
-            elif self.path == "/api/state":
-                with session.lock:
-                    self._json(200, session.state())
-            elif self.path.startswith("/image/"):
-                try:
-                    self._send(200, session.png(int(self.path.rsplit("/", 1)[1])), "image/png")
-                except (KeyError, ValueError):
-                    self._json(404, {"error": f"no image {self.path}"})
-            else:
-                self._json(404, {"error": f"no page {self.path}"})
+            def work() -> None:
+                self._check_origin()
+                url = urlsplit(self.path)
+                if url.path == "/":
+                    self._send(200, PAGE.replace("__TOKEN__", token).encode(),
+                               "text/html; charset=utf-8")  # fmt: skip
+                    return
+                if url.path == "/api/state":
+                    self._check_token(self.headers.get("X-S5CL-Token"))
+                    with session.lock:
+                        self._json(200, session.state())
+                elif url.path.startswith("/image/"):
+                    self._check_token(parse_qs(url.query).get("token", [None])[0])
+                    rank = url.path.removeprefix("/image/")
+                    try:
+                        self._send(200, session.png(int(rank)), "image/png")
+                    except (KeyError, ValueError):
+                        raise Refused(404, f"no image {rank!r}") from None
+                else:
+                    raise Refused(404, f"no page {url.path}")
+
+            self._answer(work)
 
         def do_POST(self) -> None:
-            if not self.path.startswith("/api/"):
-                self._json(404, {"error": f"no page {self.path}"})
-                return
-            length = int(self.headers.get("Content-Length") or 0)
-            try:
-                body = json.loads(self.rfile.read(length) or b"{}")
+            def work() -> None:
+                self._check_origin()
+                if not self.path.startswith("/api/"):
+                    raise Refused(404, f"no page {self.path}")
+                self._check_token(self.headers.get("X-S5CL-Token"))
+                body = self._body()
                 self._json(200, session.act(self.path.removeprefix("/api/"), body))
-            except (UserError, json.JSONDecodeError) as error:
-                self._json(400, {"error": str(error)})
+
+            self._answer(work)
 
         def log_message(self, format: str, *args: Any) -> None:  # quiet: answers are the log
             return None
@@ -294,19 +397,44 @@ def handler(session: Session) -> type[BaseHTTPRequestHandler]:
 def open_session(suggestions: Path, labels: Path, packed: Path) -> Session:
     """The session for the suggest stage's table `suggestions`, the answers in `labels`, the
     images of the packed dataset in `packed`."""
-    queue = read_input(suggestions, pd.read_csv, "suggestions table").sort_values("rank")
+    queue = read_input(suggestions, read_csv, "suggestions table")
     missing = {"rank", "path", "row"} - set(queue.columns)
     if missing:
-        raise UserError(f"{suggestions}: no column {', '.join(sorted(missing))}; rerun suggest")
+        raise UserError(
+            f"{suggestions}: no column {', '.join(sorted(missing))} (not the suggest stage's "
+            "to_label.csv?); rerun suggest (s5cl suggest)"
+        )
     data = PackedDataset.open(packed)
-    if queue["row"].max() >= len(data.images):
+    rows = pd.to_numeric(queue["row"], errors="coerce")
+    ranks = pd.to_numeric(queue["rank"], errors="coerce")
+    if queue.empty or rows.isna().any() or ranks.isna().any() or rows.min() < 0:
+        raise UserError(f"{suggestions}: no rows, or a rank or row that is not a number; rerun "
+                        "suggest (s5cl suggest)")  # fmt: skip
+    if rows.max() >= len(data.images):
         raise UserError(f"{suggestions}: made for another dataset than {packed}; rerun suggest")
-    return Session(queue.reset_index(drop=True), data.images, data.class_names, LabelStore(labels))
+    queue = queue.assign(
+        row=rows.astype(int), rank=ranks.astype(int), path=queue["path"].astype(str)
+    )
+    return Session(
+        queue.sort_values("rank").reset_index(drop=True), data.images, data.class_names,
+        LabelStore(labels),
+    )  # fmt: skip
 
 
 def serve(session: Session, port: int = 0) -> ThreadingHTTPServer:
-    """An HTTP server for `session` on 127.0.0.1:`port` (0: any free port), not yet started."""
-    return ThreadingHTTPServer(("127.0.0.1", port), handler(session))
+    """An HTTP server for `session` on 127.0.0.1:`port` (0: any free port), not yet started,
+    with a new session token. A port in use or out of range is one line."""
+    if not 0 <= port <= 65535:
+        raise UserError(f"--port {port}: a port is 0..65535 (0: any free port)")
+    try:
+        return ThreadingHTTPServer(("127.0.0.1", port), handler(session, secrets.token_urlsafe(24)))
+    except OSError as error:
+        if error.errno == errno.EADDRINUSE:
+            raise UserError(
+                f"--port {port}: in use (another s5cl label?); stop it, or give --port 0 for "
+                "any free port"
+            ) from None
+        raise UserError(f"--port {port}: cannot listen there ({error.strerror})") from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -15,6 +15,7 @@ METRICS = Path("metrics")
 PLOTS = Path("plots")
 REPORT = Path("report")
 CHECKPOINTS = Path("checkpoints")  # resume checkpoints: not pipeline outputs, deleted when done
+DRIVER = Path(".s5cl-driver.json")  # the dvc or snakemake process running stages here (cli.py)
 
 
 def raw_dir(dataset: str) -> Path:

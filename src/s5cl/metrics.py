@@ -19,6 +19,9 @@ from sklearn.metrics import (
 
 from s5cl.io import atomic_path
 
+# A class name is text: "$x^$" would otherwise be parsed as TeX (and fail).
+matplotlib.rcParams["text.parse_math"] = False
+
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> dict:
     labels = list(range(len(class_names)))

@@ -13,6 +13,8 @@ from torch import nn
 from s5cl import backbones
 from s5cl.augment import normalize, to_float
 from s5cl.datasets.packed import PackedDataset
+from s5cl.errors import UserError
+from s5cl.io import first_line
 from s5cl.params import ModelParams
 
 
@@ -132,12 +134,24 @@ def build_model(
     return S5CLNet(num_classes, cfg, image_size)
 
 
-def model_from_checkpoint(checkpoint: dict[str, Any]) -> S5CLNet:
-    """The network a model file holds: built as its params say, then given its weights (the
-    weights file it started from is not read again)."""
-    cfg = ModelParams(**checkpoint["params"]["model"])
-    model = S5CLNet(len(checkpoint["class_names"]), cfg, load_weights=False)
-    model.load_state_dict(checkpoint["model"])
+def model_from_checkpoint(checkpoint: dict[str, Any], path: str | Path, fix: str) -> S5CLNet:
+    """The network the model file at `path` holds: built as its params say, then given its
+    weights (the weights file it started from is not read again). Params, class names or
+    weights that do not make that network are one line naming the file, ending in `fix`."""
+    try:
+        cfg = ModelParams(**checkpoint["params"]["model"])
+        names = checkpoint["class_names"]
+        if not isinstance(names, list) or len(names) < 2:
+            raise ValueError(f"class_names {names!r:.60}: expected a list of 2 or more")
+        model = S5CLNet(len(names), cfg, load_weights=False)
+        model.load_state_dict(checkpoint["model"])
+    except UserError:
+        raise
+    except (TypeError, KeyError, ValueError, RuntimeError, AttributeError) as error:
+        raise UserError(
+            f"{path}: its params, classes or weights do not make the network it describes "
+            f"({first_line(error)}); {fix}"
+        ) from None
     return model
 
 

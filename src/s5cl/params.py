@@ -28,9 +28,35 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from s5cl import stages
 from s5cl.errors import UserError
 
+SEED_MAX = 2**32 - 1  # numpy's legacy seeding (the m-per-class sampler) takes no more
+
+
+def _numeric(annotation: Any) -> bool:
+    """int, float, or an optional or list of them: where a yes/no must not pass as 1 or 0."""
+    if annotation in (int, float):
+        return True
+    return any(_numeric(arg) for arg in typing.get_args(annotation) if arg is not type(None))
+
 
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_yes_no_numbers(cls, data: Any) -> Any:
+        """YAML reads `true`, `yes` and `on` as True, which pydantic would take as the number 1:
+        a number key given a yes/no is a mistake to name, not a 1."""
+        if isinstance(data, dict):
+            for key, value in data.items():
+                field = cls.model_fields.get(key)
+                values = value if isinstance(value, list) else [value]
+                if (
+                    field
+                    and _numeric(field.annotation)
+                    and any(isinstance(v, bool) for v in values)
+                ):
+                    raise ValueError(f"{key} = {value!r}: a yes/no, where a number is expected")
+        return data
 
 
 DatasetName = Literal[
@@ -129,6 +155,8 @@ class SplitParams(Section):
     )
     test_seed: int | None = Field(
         None,
+        ge=0,
+        le=SEED_MAX,
         description="draw the test images from this seed, not from `seed`: every seed of a "
         "sweep is then scored on the same images, which no choice of settings reads (null: seed)",
     )
@@ -215,7 +243,9 @@ class ModelParams(Section):
     std: list[float] | None = Field(
         None, min_length=3, max_length=3, description="see mean; every value > 0"
     )
-    embedding_dim: int = Field(64, ge=2, description="size of the embedding SupCon works on")
+    embedding_dim: int = Field(
+        64, ge=2, le=16384, description="size of the embedding SupCon works on"
+    )
 
     @field_validator("arch")
     @classmethod
@@ -426,7 +456,9 @@ class SweepParams(Section):
         "labels_per_class", description="which split key the budgets set"
     )
     budgets: list[float] = Field([2], min_length=1, description="label budgets to compare")
-    seeds: list[int] = Field([0], min_length=1, description="seeds of each method and budget")
+    seeds: list[typing.Annotated[int, Field(ge=0, le=SEED_MAX)]] = Field(
+        [0], min_length=1, description="seeds of each method and budget"
+    )
     selections: list[ColdStart] = Field(
         ["random"],
         min_length=1,
@@ -573,7 +605,9 @@ class ResourcesParams(Section):
 
 
 class Params(Section):
-    seed: int = Field(0, ge=0, description="seed of the split and of every training RNG")
+    seed: int = Field(
+        0, ge=0, le=SEED_MAX, description="seed of the split and of every training RNG"
+    )
     method: Method = Field("s5cl", description="what the training phases minimise (methods.py)")
     data: DataParams = DataParams()
     split: SplitParams = SplitParams()
@@ -704,9 +738,16 @@ def read_yaml(path: Path) -> Any:
 def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
     """Read params.yaml, apply `--set` overrides, validate everything before any work starts."""
     path = Path(path)
-    raw = read_yaml(path) or {}
+    raw = read_yaml(path)
+    if raw is None:  # empty, or only comments: not the built-in defaults without a word
+        raise UserError(
+            f"{path}: empty; expected the sections of params.yaml (data:, split:, ...; copy "
+            "the project's params.yaml)"
+        )
     if not isinstance(raw, dict):
-        raise UserError(f"{path}: expected a mapping of sections")
+        raise UserError(
+            f"{path}: holds {type(raw).__name__} {raw!r:.40}, expected a mapping of sections"
+        )
     for key, value in parse_overrides(overrides or []):
         _set_dotted(raw, key, value)
     return validate(raw)

@@ -21,7 +21,7 @@ from s5cl.augment import normalize, to_float
 from s5cl.datasets.prepare import decode_file
 from s5cl.device import pick_device
 from s5cl.errors import UserError
-from s5cl.io import atomic_path, load_checkpoint
+from s5cl.io import atomic_path, load_checkpoint, write_csv
 from s5cl.models import model_from_checkpoint
 
 MODEL_HINT = "give --model a model file the pipeline wrote (models/final.pt, models/s5cl.pt)"
@@ -39,7 +39,11 @@ def image_files(folder: Path) -> list[Path]:
 
 @torch.no_grad()
 def predict(
-    checkpoint: dict, paths: list[Path], neighbours: int = 3, batch_size: int = 64
+    checkpoint: dict,
+    paths: list[Path],
+    neighbours: int = 3,
+    batch_size: int = 64,
+    source: str | Path = "the model file",
 ) -> pd.DataFrame:
     """One row per image: predicted class, confidence, and the `neighbours` nearest labeled
     training images by cosine similarity of the embeddings."""
@@ -49,7 +53,8 @@ def predict(
             "rerun the pipeline to write it again"
         )
     device = pick_device()
-    model = model_from_checkpoint(checkpoint).eval().to(device)
+    model = model_from_checkpoint(checkpoint, source, MODEL_HINT).eval().to(device)
+    check_for_predict(checkpoint, model, source)
     size, names = checkpoint["image_size"], checkpoint["class_names"]
     reference = torch.as_tensor(checkpoint["labeled"]["embeddings"], device=device)
     reference = torch.nn.functional.normalize(reference, dim=1)
@@ -84,6 +89,35 @@ def predict(
     return pd.DataFrame(rows)
 
 
+def check_for_predict(checkpoint: dict, model: torch.nn.Module, source: str | Path) -> None:
+    """What predict reads beyond the network: the input size, the normalisation and the
+    labeled images' embeddings, paths and labels, consistent with each other and the model."""
+    labeled, names = checkpoint["labeled"], checkpoint["class_names"]
+    problem = None
+    if not isinstance(checkpoint["image_size"], int) or not 8 <= checkpoint["image_size"] <= 4096:
+        problem = f"image_size {checkpoint['image_size']!r:.40}"
+    elif not all(
+        isinstance(v, list) and len(v) == 3 for v in (checkpoint["mean"], checkpoint["std"])
+    ):
+        problem = "mean and std are not 3 numbers each"
+    elif not isinstance(labeled, dict) or not {"paths", "labels", "embeddings"} <= set(labeled):
+        problem = "no labeled paths, labels and embeddings"
+    else:
+        embeddings = labeled["embeddings"]
+        n = len(labeled["paths"])
+        if not isinstance(embeddings, torch.Tensor) or embeddings.shape != (
+            n,
+            model.embedder.out_features,
+        ):
+            problem = f"labeled embeddings of shape {getattr(embeddings, 'shape', None)}"
+        elif len(labeled["labels"]) != n or not all(
+            0 <= int(x) < len(names) for x in labeled["labels"]
+        ):
+            problem = "labeled labels that do not match its paths or classes"
+    if problem is not None:
+        raise UserError(f"{source}: {problem}, not a model file of this project; {MODEL_HINT}")
+
+
 def add_arguments(sub: argparse.ArgumentParser) -> None:
     sub.add_argument("images", nargs="*", type=Path, help="image files")
     sub.add_argument("--model", type=Path, default=Path("models/final.pt"))
@@ -102,10 +136,10 @@ def run(args: argparse.Namespace) -> None:
         raise UserError(f"--out {args.out}: is a folder; give the path of a .csv file")
     paths = image_files(args.folder) if args.folder else list(args.images)
     model = load_checkpoint(args.model, hint=MODEL_HINT)
-    table = predict(model, paths, args.neighbours)
+    table = predict(model, paths, args.neighbours, source=args.model)
     if args.out:
         with atomic_path(args.out) as tmp:
-            table.to_csv(tmp, index=False)
+            write_csv(table, tmp)
         print(f"s5cl predict: {len(table)} images -> {args.out}", file=sys.stderr)
     else:
-        table.to_csv(sys.stdout, index=False)
+        write_csv(table, sys.stdout)

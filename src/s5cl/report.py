@@ -20,6 +20,9 @@ from sklearn.manifold import TSNE
 from s5cl.errors import UserError
 from s5cl.pseudo import pseudo_line
 
+# A class name is text: "$x^$" would otherwise be parsed as TeX (and fail).
+matplotlib.rcParams["text.parse_math"] = False
+
 SCORES = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "knn_accuracy")
 PHASES = ("warmup", "s5cl", "retrain")
 

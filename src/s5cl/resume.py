@@ -32,16 +32,18 @@ import torch
 from s5cl import distributed, layout, stages
 from s5cl.datasets.fetch import md5_file
 from s5cl.datasets.prepare import INDEX, STATS
-from s5cl.io import save_checkpoint
+from s5cl.io import first_line, refused_global, save_checkpoint
 from s5cl.params import Params, values_of
 
 
 def rng_states(generator: torch.Generator) -> dict[str, Any]:
     """Every RNG a training step draws from: Python's, numpy's global one (the m-per-class
     sampler), torch's CPU and CUDA ones, and the augmentations' generator."""
+    numpy = np.random.get_state(legacy=False)  # as tensors and plain values (weights_only)
+    numpy["state"]["key"] = torch.from_numpy(numpy["state"]["key"].astype(np.int64))
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": numpy,
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "generator": generator.get_state(),
@@ -50,7 +52,9 @@ def rng_states(generator: torch.Generator) -> dict[str, Any]:
 
 def restore_rng_states(states: dict[str, Any], generator: torch.Generator) -> None:
     random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
+    numpy = {**states["numpy"], "state": dict(states["numpy"]["state"])}
+    numpy["state"]["key"] = numpy["state"]["key"].numpy().astype(np.uint32)
+    np.random.set_state(numpy)
     torch.set_rng_state(states["torch"])
     if states["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
@@ -104,7 +108,7 @@ def remove_finished() -> None:
         if not leftovers or not model.exists():
             continue
         try:
-            finished = torch.load(model, map_location="cpu", weights_only=False, mmap=True)
+            finished = torch.load(model, map_location="cpu", weights_only=True, mmap=True)
             finished = finished.get("run") if isinstance(finished, dict) else None
         except Exception:  # any unreadable file: the stage that reads it will say what it is
             continue
@@ -141,11 +145,18 @@ class Resume:
         if not self.path.exists():
             return None
         try:
-            state = torch.load(self.path, map_location="cpu", weights_only=False)
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
             same = state["fingerprint"] == self.fingerprint
-        except Exception as error:  # written atomically, so this is rare
+        except Exception as error:  # written atomically, so unreadable is rare; crafted is not
             self.path.unlink(missing_ok=True)
-            _note(f"removed {self.path}: unreadable ({error}); the stage starts over")
+            refused = refused_global(error)
+            why = (
+                f"it holds {refused}, which a checkpoint never does; it was not run "
+                "(docs/security.md)"
+                if refused
+                else f"unreadable ({first_line(error)})"
+            )
+            _note(f"removed {self.path}: {why}; the stage starts over")
             return None
         if not same:  # the name is a hash of the fingerprint: only a collision gets here
             self.path.unlink(missing_ok=True)

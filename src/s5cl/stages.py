@@ -79,6 +79,9 @@ class Stage:
     phase: Phase | None = None  # a phase of the training loop
     sweep: bool = True  # part of each run of the sweep (download and prepare are shared)
     local: bool = False  # Snakemake runs it on the submitting host (it needs the internet)
+    # DVC runs it on every `dvc repro` (always_changed): what it lists (a folder of your images)
+    # can change without any file DVC tracks changing; unchanged outputs stop the rerun there
+    always: bool = False
     resources: dict[str, int] = field(default_factory=dict)  # default resources.rules entry
 
     @property
@@ -142,6 +145,7 @@ STAGES: tuple[Stage, ...] = (
         params=tuple(f"data.{key}" for key in LISTED),
         sweep=False,
         local=True,
+        always=True,
     ),
     Stage(
         name="prepare",
@@ -391,6 +395,8 @@ def dvc_stages() -> dict[str, Any]:
             "params": list(stage.params),
             "outs": [dvc_path(p) for p in stage.outs],
         }
+        if stage.always:
+            entry["always_changed"] = True
         if stage.metrics:
             entry["metrics"] = [dvc_path(p) for p in stage.metrics]
         if stage.plots:

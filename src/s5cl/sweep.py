@@ -28,7 +28,7 @@ import pandas as pd
 
 from s5cl import layout, stages
 from s5cl.errors import UserError
-from s5cl.io import atomic_path, read_input, read_json, write_json
+from s5cl.io import atomic_path, read_csv, read_input, read_json, write_csv, write_json
 from s5cl.metrics import plt
 from s5cl.params import Metric, Params, load_params
 from s5cl.stats import mcnemar_exact, mean_interval, paired_over_seeds, smallest_sign_flip_p
@@ -140,7 +140,7 @@ def label_round(params: Params, number: int) -> dict[str, Any]:
     from s5cl.suggestions import TO_LABEL
 
     print(f"round {number}: suggest: {suggest(params)}", flush=True)
-    chosen = pd.read_csv(layout.SUGGEST / TO_LABEL)["path"]
+    chosen = read_csv(layout.SUGGEST / TO_LABEL)["path"]
     index = pd.read_parquet(
         layout.packed_dir(params.data.name) / INDEX, columns=["path", "class_name"]
     )
@@ -194,7 +194,7 @@ def collect(
             row |= {f"{prefix}{key}": scores[model][key] for key in SCALARS}
             row |= {f"{prefix}val_{k}": v for k, v in scores[model].get("val", {}).items()}
         rows.append(row)
-        predictions = read_input(folder / layout.METRICS / "predictions.csv", pd.read_csv, "table")
+        predictions = read_input(folder / layout.METRICS / "predictions.csv", read_csv, "table")
         key = (row["variant"], row["budget"], row["method"], row["seed"])
         if key in right:
             raise UserError(
@@ -417,9 +417,9 @@ def aggregate(params_file: Path, sets: list[str], run_files: list[Path], out: Pa
     compared = comparisons(table, right, metric)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "summary.csv") as tmp:
-        table.to_csv(tmp, index=False)
+        write_csv(table, tmp)
     with atomic_path(out / "comparisons.csv") as tmp:
-        compared.to_csv(tmp, index=False)
+        write_csv(compared, tmp)
     metrics = tuple(dict.fromkeys((metric, "accuracy", "macro_f1", "weighted_f1",
                                    "knn_accuracy", "precision_at_k")))  # fmt: skip
     with atomic_path(out / "summary.md") as tmp:

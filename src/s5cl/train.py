@@ -169,61 +169,72 @@ def train(
         dynamic_ncols=True,
         disable=not main,
     )
-    for step in bar:
-        idx_l = distributed.shard(next(labeled_stream))  # the whole batch with one process
-        rows = [idx_l]
-        y_l = torch.from_numpy(data.labels[idx_l]).to(device)
-        pos_u = None
-        if unlabeled_stream is not None:
-            idx_u, pos_u = map(distributed.shard, next(unlabeled_stream))
-            rows.append(idx_u)
-        if cache is None:  # images: uint8 to the device, then their views
-            x = training_views(
-                [data.batch(r, device) for r in rows],
-                params.augment,
-                gen,
-                data.mean,
-                data.std,
-                chunk,
-                channels_last=True,
-                kernels=kernels,
-            )
-        else:  # the cached features of views of the same images
-            x = cache.training_views(rows, gen, device)
-
-        try:
-            parts, logits = objective.update(x, y_l, pos_u, step)
-        except FloatingPointError as error:  # raised before the update: the model is intact
-            bar.close()
-            raise UserError(
-                f"{error}, so training stopped (lower {phase.section}.lr?); "
-                + (resume.kept() if resume else "no checkpoints")
-            ) from None
-
-        parts["train_acc"] = float((logits.argmax(1) == y_l).float().mean())
-        parts = distributed.mean(parts)  # each rank's covers its shard: log the global batch's
-        if main and ((step + 1) % cfg.eval_every == 0 or step + 1 == steps):
-            val_acc = validation_accuracy(model, data, val, device, cache)
-            parts["val_acc"] = val_acc
-        history.append({"step": step, **parts})
-        log_entry(live, history[-1])
-        bar.set_postfix(loss=f"{parts['loss']:.3f}", val_acc=f"{val_acc:.3f}")
-
-        if resume is not None and resume.due(step + 1, steps):
-            rng = distributed.gather_objects(rng_states(gen))  # every rank's, for an exact resume
-            if main:
-                resume.save(
-                    {
-                        "step": step + 1,
-                        "model": model.trained_state(),  # frozen parts are rebuilt
-                        **objective.state_dict(),
-                        "labeled_stream": labeled_stream.state_dict(),
-                        "unlabeled_stream": unlabeled_stream and unlabeled_stream.state_dict(),
-                        "rng": rng,
-                        "history": history,
-                        "params": params.model_dump(),
-                    }
+    step = first
+    try:
+        for step in bar:
+            idx_l = distributed.shard(next(labeled_stream))  # the whole batch with one process
+            rows = [idx_l]
+            y_l = torch.from_numpy(data.labels[idx_l]).to(device)
+            pos_u = None
+            if unlabeled_stream is not None:
+                idx_u, pos_u = map(distributed.shard, next(unlabeled_stream))
+                rows.append(idx_u)
+            if cache is None:  # images: uint8 to the device, then their views
+                x = training_views(
+                    [data.batch(r, device) for r in rows],
+                    params.augment,
+                    gen,
+                    data.mean,
+                    data.std,
+                    chunk,
+                    channels_last=True,
+                    kernels=kernels,
                 )
+            else:  # the cached features of views of the same images
+                x = cache.training_views(rows, gen, device)
+
+            try:
+                parts, logits = objective.update(x, y_l, pos_u, step)
+            except FloatingPointError as error:  # raised before the update: the model is intact
+                bar.close()
+                raise UserError(
+                    f"{error}, so training stopped (lower {phase.section}.lr?); "
+                    + (resume.kept() if resume else "no checkpoints")
+                ) from None
+
+            parts["train_acc"] = float((logits.argmax(1) == y_l).float().mean())
+            parts = distributed.mean(parts)  # each rank's covers its shard: log the global batch's
+            if main and ((step + 1) % cfg.eval_every == 0 or step + 1 == steps):
+                val_acc = validation_accuracy(model, data, val, device, cache)
+                parts["val_acc"] = val_acc
+            history.append({"step": step, **parts})
+            log_entry(live, history[-1])
+            bar.set_postfix(loss=f"{parts['loss']:.3f}", val_acc=f"{val_acc:.3f}")
+
+            if resume is not None and resume.due(step + 1, steps):
+                rng = distributed.gather_objects(
+                    rng_states(gen)
+                )  # every rank's, for an exact resume
+                if main:
+                    resume.save(
+                        {
+                            "step": step + 1,
+                            "model": model.trained_state(),  # frozen parts are rebuilt
+                            **objective.state_dict(),
+                            "labeled_stream": labeled_stream.state_dict(),
+                            "unlabeled_stream": unlabeled_stream and unlabeled_stream.state_dict(),
+                            "rng": rng,
+                            "history": history,
+                            "params": params.model_dump(),
+                        }
+                    )
+
+    except KeyboardInterrupt:  # Ctrl-C: where it stopped and what a rerun continues from
+        bar.close()
+        kept = resume.kept() if resume else "no checkpoints"
+        raise UserError(
+            f"stopped by Ctrl-C at step {step + 1} of {steps}; {kept}; rerun the stage to continue"
+        ) from None
 
     return {
         "stage": stage.name,

@@ -10,6 +10,7 @@ file leaves a `<name>.md5` note (md5, size, mtime), so a later run trusts it wit
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 import time
@@ -41,12 +42,39 @@ def md5_file(path: str | Path, chunk: int = CHUNK) -> str:
     return digest.hexdigest()
 
 
-def md5_files(paths: Iterable[Path], desc: str = "md5") -> list[str]:
-    """md5 of many files on a few threads (hashlib releases the GIL), with a progress bar."""
+def md5_files(paths: Iterable[Path], desc: str = "md5", cache: Path | None = None) -> list[str]:
+    """md5 of many files on a few threads (hashlib releases the GIL), with a progress bar.
+
+    `cache` (a JSON file) remembers each file's md5 with its size and modification time, so
+    listing an unchanged folder again reads no image (download runs on every `dvc repro`); a
+    file whose size or time differs is read again. prepare checks every md5 against the bytes
+    it decodes, so even a file rewritten within the same nanosecond is caught there."""
     paths = list(paths)
+    known: dict[str, list] = {}
+    if cache is not None and cache.is_file():
+        try:
+            known = json.loads(cache.read_text())
+        except (OSError, ValueError):
+            known = {}  # a damaged cache costs one full read, nothing else
+    stamps = [_size_and_time(path) for path in paths]
+    todo = [i for i, (path, stamp) in enumerate(zip(paths, stamps, strict=True))
+            if known.get(str(path), [None])[:-1] != stamp]  # fmt: skip
+    digests = [known[str(path)][-1] if str(path) in known else "" for path in paths]
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        digests = pool.map(md5_file, paths, chunksize=64)
-        return list(tqdm(digests, total=len(paths), desc=desc, unit="file", dynamic_ncols=True))
+        fresh = pool.map(md5_file, [paths[i] for i in todo], chunksize=64)
+        for i, digest in zip(todo, tqdm(fresh, total=len(todo), desc=desc, unit="file",
+                                        dynamic_ncols=True), strict=True):  # fmt: skip
+            digests[i] = digest
+    if cache is not None and todo:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        entries = {str(p): [*s, d] for p, s, d in zip(paths, stamps, digests, strict=True)}
+        cache.write_text(json.dumps(known | entries))
+    return digests
+
+
+def _size_and_time(path: Path) -> list[int]:
+    status = path.stat()
+    return [status.st_size, status.st_mtime_ns]
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from s5cl.datasets.fetch import md5_bytes
 from s5cl.datasets.npz import iter_rows
 from s5cl.datasets.registry import COLUMNS, MANIFEST, UNLABELED
 from s5cl.errors import UserError
-from s5cl.io import atomic_dir, read_parquet, write_json
+from s5cl.io import atomic_dir, read_parquet, write_csv, write_json
 
 IMAGES = "images.u8"
 INDEX = "index.parquet"
@@ -52,6 +52,7 @@ class Decoded(NamedTuple):
     problem: str | None
     width: int  # as stored, before resizing
     height: int
+    frames: int = 1  # a multi-page TIFF or an animated GIF has more; the first is packed
 
 
 def to_rgb(image: Image.Image, size: int) -> np.ndarray:
@@ -100,10 +101,11 @@ def decode_file(path: str, size: int, missing: str = "rerun download") -> Decode
                 width, height = opened.size
                 if problem is not None:
                     return Decoded(None, digest, problem, width, height)
+                frames = int(getattr(opened, "n_frames", 1))
                 opened.load()
                 turned = ImageOps.exif_transpose(opened)  # as every viewer shows it
                 width, height = turned.size
-                return Decoded(to_rgb(turned, size), digest, None, width, height)
+                return Decoded(to_rgb(turned, size), digest, None, width, height, frames)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         pixels = re.search(r"\((\d+) pixels\)", str(error))
         pixels = f"{int(pixels.group(1)):,}" if pixels else "too many"
@@ -237,6 +239,7 @@ def prepare(
     kept = np.zeros(len(manifest), bool)
     widths, heights = np.zeros(len(manifest), int), np.zeros(len(manifest), int)
     skipped: list[tuple[str, str]] = []
+    several: list[tuple[str, int]] = []  # images of more than one frame: (source, frames)
     sums = _ChannelHistogram()
     with atomic_dir(out_dir) as tmp:
         row = 0
@@ -252,9 +255,11 @@ def prepare(
                     if item.md5 != expected[row]:
                         raise UserError(
                             f"{source}: changed since download listed it (md5 differs); "
-                            "rerun download (dvc repro -f download)"
+                            "rerun download (dvc repro)"
                         )
                     widths[row], heights[row] = item.width, item.height
+                    if item.frames > 1:
+                        several.append((source, item.frames))
                     if item.problem is None:
                         kept[row] = True
                         good.append(item.image)
@@ -272,13 +277,20 @@ def prepare(
                     out.write(images.tobytes())
                     sums.add(images[np.array(good_in_train)])
                 bar.update(len(chunk))
+        if several:
+            warnings.warn(
+                f"{len(several)} images hold more than one frame (a multi-page TIFF or an "
+                f"animated GIF), e.g. {several[0][0]} ({several[0][1]} frames): only the first "
+                "frame of each is packed",
+                stacklevel=2,
+            )
         if skipped:
             warnings.warn(
                 f"skipped {len(skipped)} bad files (data.on_bad_image: skip), e.g. "
                 f"{skipped[0][0]}: {skipped[0][1]}; all listed in {out_dir / SKIPPED}",
                 stacklevel=2,
             )
-        pd.DataFrame(skipped, columns=["path", "problem"]).to_csv(tmp / SKIPPED, index=False)
+        write_csv(pd.DataFrame(skipped, columns=["path", "problem"]), tmp / SKIPPED)
         listed_classes = set(manifest["class_name"]) - {""}
         manifest = manifest[kept].reset_index(drop=True)
         has_label = (manifest["subset"] != UNLABELED).to_numpy()

@@ -38,6 +38,7 @@ from s5cl.io import atomic_path, write_parquet
 from s5cl.params import DataParams
 
 MANIFEST = "manifest.parquet"
+MD5_CACHE = "md5-cache.json"  # in data.downloads/<name>/: md5s known from the last listing
 SUBSETS = ("train", "val", "test")
 UNLABELED = "unlabeled"  # the subset of images without a label
 COLUMNS = ["source", "member", "row", "class_name", "subset", "md5"]
@@ -242,8 +243,11 @@ def _descend(root: Path) -> Path:
             return root
 
 
-def _frame(paths: list[Path], class_names: list[str], subsets: list[str] | str) -> pd.DataFrame:
-    """Manifest rows for image files: md5s are computed here, on a few threads."""
+def _frame(
+    paths: list[Path], class_names: list[str], subsets: list[str] | str, cache: Path | None
+) -> pd.DataFrame:
+    """Manifest rows for image files: md5s are computed here, on a few threads (`cache`: a
+    file of md5s known from an earlier listing, fetch.md5_files)."""
     return pd.DataFrame(
         {
             "source": [str(p.resolve()) for p in paths],
@@ -251,14 +255,18 @@ def _frame(paths: list[Path], class_names: list[str], subsets: list[str] | str) 
             "row": -1,
             "class_name": class_names,
             "subset": subsets,
-            "md5": md5_files(paths, desc="md5 images"),
+            "md5": md5_files(paths, desc="md5 images", cache=cache),
         },
         columns=COLUMNS,
     )
 
 
 def list_class_tree(
-    root: Path, subset: str = "train", recursive: bool = False, unlabeled_dir: str | None = None
+    root: Path,
+    subset: str = "train",
+    recursive: bool = False,
+    unlabeled_dir: str | None = None,
+    cache: Path | None = None,
 ) -> pd.DataFrame:
     """`<root>/<class>/<image>` -> manifest rows (classes sorted, images sorted). With
     `recursive`, images in subfolders of a class folder belong to that class. A folder named
@@ -293,20 +301,20 @@ def list_class_tree(
             f"'.'), e.g. {listing.hidden[0]}",
             stacklevel=2,
         )
-    return _frame(listing.files, listing.classes, subsets)
+    return _frame(listing.files, listing.classes, subsets, cache)
 
 
-def list_unlabeled_folder(root: Path) -> pd.DataFrame:
+def list_unlabeled_folder(root: Path, cache: Path | None = None) -> pd.DataFrame:
     """Every file under `root` (subfolders included, hidden names left out): images without a
     label (data.unlabeled_root)."""
     listing = Listing([], [], [], [])
     files = _class_files(root, True, listing, {os.path.realpath(root)})
     if not files:
         raise UserError(f"{root}: no images inside (data.unlabeled_root)")
-    return _frame(files, [""] * len(files), UNLABELED)
+    return _frame(files, [""] * len(files), UNLABELED, cache)
 
 
-def list_csv(csv: Path, unlabeled_only: bool = False) -> pd.DataFrame:
+def list_csv(csv: Path, unlabeled_only: bool = False, cache: Path | None = None) -> pd.DataFrame:
     """A CSV of `path,label[,subset]` and any columns of your own (patient, slide: kept for
     split.group); relative paths are relative to the CSV's folder. A row with an empty label,
     or subset `unlabeled`, is an image without a label. `unlabeled_only` (data.unlabeled_root):
@@ -361,7 +369,7 @@ def list_csv(csv: Path, unlabeled_only: bool = False) -> pd.DataFrame:
     for line, path in enumerate(paths, start=2):
         if not path.is_file():
             raise UserError(f"{csv} line {line}: {path} is not a file; fix the path or the row")
-    frame = _frame(paths, table["label"].tolist(), subsets.tolist())
+    frame = _frame(paths, table["label"].tolist(), subsets.tolist(), cache)
     for column in table.columns.difference(CSV_COLUMNS, sort=False):
         frame[column] = table[column].to_numpy()
     return frame
@@ -421,26 +429,28 @@ def fetch_folder(cfg: DataParams, raw: Path, downloads: Path) -> pd.DataFrame:
     """Your own images, left where they are: a `<root>/<class>/<image>` tree or a CSV."""
     root = Path(cfg.root or "").expanduser()
     if root.is_file() and root.suffix.lower() == ".csv":
-        return list_csv(root)
+        return list_csv(root, cache=downloads / MD5_CACHE)
     if not root.is_dir():
         raise UserError(
             f"data.root={cfg.root!r}: not a folder or a .csv "
             "(expected <root>/<class>/<image>, or a CSV of path,label)"
         )
-    return list_class_tree(root, recursive=cfg.recursive, unlabeled_dir=cfg.unlabeled_dir)
+    return list_class_tree(
+        root, recursive=cfg.recursive, unlabeled_dir=cfg.unlabeled_dir, cache=downloads / MD5_CACHE
+    )
 
 
-def list_unlabeled_root(cfg: DataParams) -> pd.DataFrame:
+def list_unlabeled_root(cfg: DataParams, cache: Path) -> pd.DataFrame:
     """data.unlabeled_root: a folder of images, or a CSV of `path` (and your own columns),
     none of them labeled."""
     root = Path(cfg.unlabeled_root or "").expanduser()
     if root.is_file() and root.suffix.lower() == ".csv":
-        return list_csv(root, unlabeled_only=True)
+        return list_csv(root, unlabeled_only=True, cache=cache)
     if not root.is_dir():
         raise UserError(
             f"data.unlabeled_root={cfg.unlabeled_root!r}: not a folder or a .csv of path"
         )
-    return list_unlabeled_folder(root)
+    return list_unlabeled_folder(root, cache)
 
 
 def fetch_archives(cfg: DataParams, raw: Path, downloads: Path) -> pd.DataFrame:
@@ -452,7 +462,7 @@ def fetch_archives(cfg: DataParams, raw: Path, downloads: Path) -> pd.DataFrame:
         target = downloads / archive.stem
         extract_zip(archive, target, part.file.md5)
         root = _descend(target)
-        frame = list_class_tree(root, part.subset)
+        frame = list_class_tree(root, part.subset, cache=downloads / MD5_CACHE)
         check_counts(
             frame,
             root,
@@ -525,7 +535,7 @@ def fetch_aml_munich(cfg: DataParams, raw: Path, downloads: Path) -> pd.DataFram
         files = _class_files(root / name, False, listing, set())
         paths += files
         names += [name] * len(files)
-    frame = _frame(paths, names, "train")
+    frame = _frame(paths, names, "train", downloads / MD5_CACHE)
     check_counts(frame, root, f"the copy is incomplete; {AML_MUNICH_SOURCE}", AML_MUNICH_COUNTS)
     return frame
 
@@ -562,7 +572,8 @@ def download(cfg: DataParams, raw: Path, downloads: Path) -> pd.DataFrame:
                 f"data.unlabeled_root: {cfg.name} is packed from arrays, which cannot be mixed "
                 "with image files; use a folder or CSV dataset (data.name: folder)"
             )
-        manifest = pd.concat([manifest, list_unlabeled_root(cfg)], ignore_index=True)
+        more = list_unlabeled_root(cfg, downloads / cfg.name / MD5_CACHE)
+        manifest = pd.concat([manifest, more], ignore_index=True)
     labeled = manifest[manifest["subset"] != UNLABELED]
     if labeled.empty:
         raise UserError(

@@ -71,14 +71,15 @@ class LabeledBatches:
 
     def state_dict(self) -> dict[str, Any]:
         # The sampler shuffles its class list in place each epoch: that order is state too.
+        # Tensors and plain values only: a checkpoint loads with torch.load(weights_only=True).
         return {
-            "order": self.order.copy(),
+            "order": torch.from_numpy(self.order.copy()),
             "position": self.position,
-            "class_order": list(self.sampler.labels),
+            "class_order": [int(label) for label in self.sampler.labels],
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.order, self.position = state["order"].copy(), int(state["position"])
+        self.order, self.position = state["order"].numpy().copy(), int(state["position"])
         self.sampler.labels = list(state["class_order"])
 
 
@@ -110,7 +111,7 @@ class UnlabeledBatches:
         return self.indices[positions], positions
 
     def state_dict(self) -> dict[str, Any]:
-        return {"order": self.order.copy(), "position": self.position}
+        return {"order": torch.from_numpy(self.order.copy()), "position": self.position}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.order, self.position = state["order"].copy(), int(state["position"])
+        self.order, self.position = state["order"].numpy().copy(), int(state["position"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pandas as pd
 import torch
@@ -36,8 +37,24 @@ def open_split(params: Params) -> tuple[PackedDataset, pd.DataFrame]:
     return replace(data, labels=table["label"].to_numpy()), table
 
 
+def check_fits(checkpoint: dict, path: Path, data: PackedDataset) -> None:
+    """A model file made on other data (another dataset, classes or image size) is one line
+    naming both, not a model scored against the wrong classes."""
+    ours = (data.class_names, int(data.images.shape[1]))
+    theirs = (checkpoint["class_names"], checkpoint["image_size"])
+    if theirs != ours:
+        raise UserError(
+            f"{path}: made for classes {theirs[0]} at {theirs[1]} px, but the data are "
+            f"{ours[0]} at {ours[1]} px (another dataset or data.size); {rerun_hint(path)}"
+        )
+
+
 def for_inference(stage: str, params: Params, device: torch.device) -> S5CLNet:
-    """The model stage `stage` wrote, on `device`, run as `params.compute` says."""
-    model = model_from_checkpoint(load_checkpoint(layout.model_path(stage)))
+    """The model stage `stage` wrote, on `device`, run as `params.compute` says; it must have
+    been made for the packed data (check_fits)."""
+    path = layout.model_path(stage)
+    checkpoint = load_checkpoint(path)
+    check_fits(checkpoint, path, open_packed(params))
+    model = model_from_checkpoint(checkpoint, path, rerun_hint(path))
     configure(model, params.compute, device)
     return model

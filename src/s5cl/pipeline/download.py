@@ -4,16 +4,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from s5cl import layout
+from s5cl import layout, stages
 from s5cl.datasets.registry import UNLABELED
 from s5cl.datasets.registry import download as fetch_dataset
-from s5cl.params import Params
+from s5cl.io import write_json
+from s5cl.params import Params, values_of
+
+LISTED = "listed.json"  # the data.* values the manifest was listed with (checked by prepare)
+
+
+def listed_with(params: Params) -> dict:
+    """The download stage's params, as it records them beside the manifest."""
+    return values_of(params, stages.get("download").params)
 
 
 def download(params: Params) -> str:
     cfg = params.data
     raw = layout.raw_dir(cfg.name)
     manifest = fetch_dataset(cfg, raw, Path(cfg.downloads))
+    write_json(raw / LISTED, listed_with(params))
     subsets = manifest["subset"].value_counts()
     kinds = ("train", "val", "test", UNLABELED)
     parts = ", ".join(f"{subsets[s]} {s}" for s in kinds if s in subsets)

@@ -11,7 +11,8 @@ import pandas as pd
 from s5cl import layout
 from s5cl.datasets.split import indices
 from s5cl.device import pick_device
-from s5cl.io import atomic_path, write_json
+from s5cl.errors import UserError
+from s5cl.io import atomic_path, write_csv, write_json
 from s5cl.metrics import (
     classification_metrics,
     plot_confusion,
@@ -34,6 +35,12 @@ VAL_SCORES = ("accuracy", "balanced_accuracy", "macro_f1")
 def evaluate(params: Params) -> str:
     data, table = open_split(params)
     test, val = indices(table, "test"), indices(table, "val")
+    k = params.evaluate.knn_k
+    if len(test) <= k:  # each test image's k nearest others
+        raise UserError(
+            f"evaluate.knn_k={k}: the test set has {len(test)} images, and kNN needs more than "
+            f"k; lower evaluate.knn_k (at most {len(test) - 1}) or label more test images"
+        )
     device = pick_device()
     rows = np.concatenate([test, val])  # one pass per model over both
     results, predicted = {}, {}
@@ -83,7 +90,7 @@ def evaluate(params: Params) -> str:
         {"image": test, "actual": [data.class_names[i] for i in data.labels[test]], **names}
     )
     with atomic_path(layout.METRICS / "predictions.csv") as tmp:
-        frame.to_csv(tmp, index=False)
+        write_csv(frame, tmp)
     line = summary_line(results)
     half = test_halfwidth(results)
     if half > WIDE:

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 from s5cl import layout
 from s5cl.datasets.prepare import prepare as pack_dataset
+from s5cl.errors import UserError
+from s5cl.io import read_json, rerun_hint
 from s5cl.params import Params
+from s5cl.pipeline.download import LISTED, listed_with
 
 
 def prepare(params: Params) -> str:
     out = layout.packed_dir(params.data.name)
     cfg = params.data
+    listed = layout.raw_dir(cfg.name) / LISTED
+    made, wanted = read_json(listed), listed_with(params)
+    if made != wanted:  # a manifest left by another data.root (a stage run as a script)
+        key = next(k for k in wanted if made.get(k) != wanted[k])
+        raise UserError(
+            f"{listed.parent}: listed with {key}={made.get(key)!r}, not {wanted[key]!r}; "
+            f"{rerun_hint(listed)}"
+        )
     stats = pack_dataset(layout.raw_dir(cfg.name), out, cfg.size, cfg.workers, cfg.on_bad_image)
     n, h, w, _ = stats["shape"]
     skipped = f" ({stats['skipped']} bad files skipped)" if stats["skipped"] else ""

@@ -15,7 +15,7 @@ from s5cl.datasets.prepare import INDEX
 from s5cl.datasets.registry import INDEX_COLUMNS
 from s5cl.datasets.split import add_labels, make_split, originals
 from s5cl.errors import UserError
-from s5cl.io import read_input, read_parquet, rerun_hint, write_parquet
+from s5cl.io import read_csv, read_input, read_parquet, rerun_hint, write_parquet
 from s5cl.params import Params
 
 Chooser = Callable[[np.ndarray, int], np.ndarray]
@@ -50,7 +50,7 @@ def split_groups(params: Params, index: pd.DataFrame) -> np.ndarray | None:
         where = f"its columns are {', '.join(own)}" if own else "it has no column of your own"
         raise UserError(
             f"split.group={column!r}: not a column of the dataset's CSV ({where}); add it "
-            "(dvc repro -f download) or set split.group: null"
+            "(dvc repro) or set split.group: null"
         )
     groups = index[column].fillna("").astype(str).to_numpy()
     empty = np.flatnonzero((groups == "") & (index["label"] >= 0).to_numpy())
@@ -101,7 +101,7 @@ def split(params: Params) -> str:
         notes.append(f"{' and '.join(own)} from the dataset's own split")
     if params.split.labeled_csv:
         source = params.split.labeled_csv
-        given = read_input(source, pd.read_csv, "table")
+        given = read_input(source, read_csv, "table")
         before = int((table["role"] == "labeled").sum())
         table, changed = add_labels(table, index, given, data.class_names, source)
         added = int((table["role"] == "labeled").sum()) - before

@@ -9,7 +9,7 @@ from s5cl import layout
 from s5cl.datasets.prepare import INDEX
 from s5cl.datasets.split import originals
 from s5cl.device import pick_device
-from s5cl.io import atomic_dir, read_parquet
+from s5cl.io import atomic_dir, read_parquet, write_csv
 from s5cl.models import embed_and_predict
 from s5cl.params import Params
 from s5cl.pipeline.common import for_inference, open_split
@@ -39,7 +39,7 @@ def suggest(params: Params, model_stage: str = "retrain") -> str:
         rows, index["path"].to_numpy()[rows], scores, probabilities[chosen], data.class_names
     )
     with atomic_dir(layout.SUGGEST) as folder:
-        frame.to_csv(folder / TO_LABEL, index=False)
+        write_csv(frame, folder / TO_LABEL)
         captions = [
             f"#{rank} {guess} {sure:.0%}"
             for rank, guess, sure in frame[["rank", "prediction", "confidence"]].itertuples(

@@ -19,11 +19,11 @@ from s5cl.datasets.prepare import INDEX
 from s5cl.datasets.split import indices
 from s5cl.device import pick_device
 from s5cl.errors import UserError
-from s5cl.io import atomic_dir, load_checkpoint, read_parquet, save_checkpoint
+from s5cl.io import atomic_dir, load_checkpoint, read_parquet, rerun_hint, save_checkpoint
 from s5cl.methods import UnlabeledTargets, make_objective
 from s5cl.models import build_model, embed_and_predict, model_from_checkpoint
 from s5cl.params import Params
-from s5cl.pipeline.common import open_split
+from s5cl.pipeline.common import check_fits, open_split
 from s5cl.pseudo import pseudo_targets
 from s5cl.resume import Resume, fingerprint
 from s5cl.train import NoLog, train
@@ -81,7 +81,9 @@ def _train_and_save(stage: stages.Stage, params: Params) -> str | None:
     if previous is None:
         model = build_model(params.model, data.num_classes, params.seed, data.images.shape[1])
     else:
-        model = model_from_checkpoint(previous)
+        check_fits(previous, layout.model_path(phase.continues), data)
+        path = layout.model_path(phase.continues)
+        model = model_from_checkpoint(previous, path, rerun_hint(path))
     objective = make_objective(
         phase,
         model,
