@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from s5cl import stages
 from s5cl.errors import UserError
 
+T = typing.TypeVar("T")
 SEED_MAX = 2**32 - 1  # numpy's legacy seeding (the m-per-class sampler) takes no more
 
 
@@ -733,6 +734,16 @@ def read_yaml(path: Path) -> Any:
         return yaml.load(text, Loader=UniqueKeyLoader)
     except yaml.YAMLError as error:
         raise UserError(f"{path}{_yaml_where(error)}: {_yaml_problem(error)}") from None
+
+
+def exit_on_mistake(check: typing.Callable[[], T], who: str = "snakemake") -> T:
+    """`check()`, or its UserError as one line on stderr and exit 2: the Snakefile reports a
+    mistake in params.yaml or an overlay as the stages do, not as a stack of its own lines."""
+    try:
+        return check()
+    except UserError as error:
+        print(f"{who}: error: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:

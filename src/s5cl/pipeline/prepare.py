@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from s5cl import layout
 from s5cl.datasets.prepare import prepare as pack_dataset
+from s5cl.datasets.registry import MANIFEST
 from s5cl.errors import UserError
 from s5cl.io import read_json, rerun_hint
 from s5cl.params import Params
@@ -14,7 +15,9 @@ def prepare(params: Params) -> str:
     out = layout.packed_dir(params.data.name)
     cfg = params.data
     listed = layout.raw_dir(cfg.name) / LISTED
-    made, wanted = read_json(listed), listed_with(params)
+    # without a manifest, pack_dataset says so; with one, it must be of these data.* values
+    made = read_json(listed) if (listed.parent / MANIFEST).exists() else listed_with(params)
+    wanted = listed_with(params)
     if made != wanted:  # a manifest left by another data.root (a stage run as a script)
         key = next(k for k in wanted if made.get(k) != wanted[k])
         raise UserError(
