@@ -5,7 +5,7 @@ PYTHON ?= python3
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 .PHONY: run test setup slurm browser
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed .dvc/plots.html
 
 # torch/torchvision are pinned in pyproject.toml; pip takes them from the local wheel cache.
 $(VENV)/.installed: pyproject.toml
@@ -13,6 +13,10 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/python -m pip install --quiet --upgrade pip
 	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
 	touch $@
+
+# dvc plots show/diff pages with vega inlined (.dvc/config names it): they open offline.
+.dvc/plots.html: $(VENV)/.installed
+	$(VENV)/bin/python -m s5cl.offline_plots $@
 
 run: setup
 	dvc repro

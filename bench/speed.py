@@ -15,7 +15,9 @@ views + CE, Adamax):
              s5cl.train itself, timed from the outside
 
 Measurements alternate between the two designs (these machines are noisy) and the medians are
-compared. The last line is `data-path speedup X.Xx, train-step speedup Y.Yx`.
+compared. Our train step is also timed in fp32 and under bf16 autocast, alternating, with
+what `compute.precision: auto` picks on this machine. The last line is `data-path speedup
+X.Xx, train-step speedup Y.Yx`.
 
 It then counts the FLOPs of one S5CL step at the paper's batch (32 labeled + 128 unlabeled
 images, two views each, 224 px) with torch's FlopCounterMode and turns them into an estimate of
@@ -55,7 +57,7 @@ from s5cl import stages
 from s5cl.datasets.packed import PackedDataset
 from s5cl.datasets.prepare import INDEX, decode_file, prepare
 from s5cl.datasets.registry import download
-from s5cl.device import pick_device
+from s5cl.device import autocast_dtype, cpu_has_bf16, pick_device
 from s5cl.methods import UnlabeledTargets, make_objective
 from s5cl.models import S5CLNet
 from s5cl.params import DataParams, validate
@@ -215,17 +217,18 @@ def our_training(
     batch_u: int,
     compile: bool = False,
     fuse: bool = True,
+    precision: str = "auto",
 ) -> Callable:
     """`run(steps)`: s5cl.train's loop, S5CL phase (labeled + unlabeled instance targets), with
-    every image both labeled and unlabeled; `compile` and `fuse`: compute.compile (the
-    encoder) and compute.fuse_augment."""
+    every image both labeled and unlabeled; `compile`, `fuse` and `precision`:
+    compute.compile (the encoder), compute.fuse_augment and compute.precision."""
     stage = stages.get("s5cl")
 
     def params_for(steps: int):
         return validate(
             {
                 "augment": {"flip_rotate": True},
-                "compute": {"compile": compile, "fuse_augment": fuse},
+                "compute": {"compile": compile, "fuse_augment": fuse, "precision": precision},
                 "s5cl": {"batch_labeled": batch_l, "m_per_class": 4 if batch_l >= 32 else 1,
                          "batch_unlabeled": batch_u, "eval_every": 10**6, "steps": steps},
                 "checkpoint": {"every": 0},
@@ -246,6 +249,27 @@ def our_training(
         train(stage, objective, params_for(steps), data, split, NoLog(), None)  # no checkpoints
 
     return run
+
+
+def compare_precisions(
+    data: PackedDataset, base: S5CLNet, batch_l: int, batch_u: int, steps: int, rounds: int,
+    device,
+) -> dict[str, float]:  # fmt: skip
+    """Our train step in fp32 and under bf16 autocast, alternating; median img/s of each."""
+    runs = {
+        name: our_training(data, copy.deepcopy(base), batch_l, batch_u, precision=name)
+        for name in ("fp32", "bf16")
+    }
+    seen: dict[str, list[float]] = {name: [] for name in runs}
+    for run in runs.values():
+        run(1)  # untimed: allocations, oneDNN's kernel choice
+    for _ in range(rounds):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run(steps)
+            _sync(device)
+            seen[name].append((batch_l + batch_u) * steps / (time.perf_counter() - start))
+    return {name: statistics.median(v) for name, v in seen.items()}
 
 
 # ---------------------------------------------------------------- measuring
@@ -438,6 +462,7 @@ def main() -> None:
                 + ", ".join(f"{k} {v[-1]:.1f} img/s" for k, v in results.items())
             )
         median = {k: statistics.median(v) for k, v in results.items()}
+        precisions = compare_precisions(data, base, batch_l, batch_u, steps, rounds, device)
 
         flops_per_image = step_flops(base, 2) / 2
         paper_step = flops_per_image * (32 + 128)
@@ -466,10 +491,18 @@ def main() -> None:
             f"({gather * 1e3:.1f} ms measured here, not overlapped) = {gather_min:.1f} min: "
             f"{compute_min + gather_min:.1f} min of training"
         )
+        auto = "bf16" if autocast_dtype("auto", device, SIZE) is torch.bfloat16 else "fp32"
+        print(
+            f"precision ({SIZE} px, our train step): fp32 {precisions['fp32']:.1f} img/s, "
+            f"bf16 autocast {precisions['bf16']:.1f} img/s: bf16 "
+            f"{precisions['bf16'] / precisions['fp32']:.2f}x fp32; compute.precision: auto "
+            f"picks {auto} here (cpu_has_bf16: {cpu_has_bf16()})"
+        )
         if args.memory:
             memory(work, 20_000, 3)
         ratios = {"data_path": median["ours data"] / median["ref data"],
-                  "train_step": median["ours train"] / median["ref train"]}  # fmt: skip
+                  "train_step": median["ours train"] / median["ref train"],
+                  "bf16_vs_fp32": precisions["bf16"] / precisions["fp32"]}  # fmt: skip
         if args.json:
             args.json.write_text(json.dumps({
                 "device": str(device), "images": len(files), "workers": workers,

@@ -70,7 +70,7 @@ def test_the_gpu_check_smoke_runs_every_part_on_the_cpu(tmp_path):
     assert re.search(r"^  data-path speedup [0-9.]+x, train-step speedup [0-9.]+x$",
                      done.stdout, re.M)  # fmt: skip
     assert "GPU estimate: 3906 steps" in done.stdout
-    assert set(summary["speed"]["ratios"]) == {"data_path", "train_step"}
+    assert set(summary["speed"]["ratios"]) == {"data_path", "train_step", "bf16_vs_fp32"}
     assert re.search(r"^  per-step speedup [0-9.]+x, phase speedup [0-9.]+x \(features stage "
                      r"included\)$", done.stdout, re.M)  # fmt: skip
     assert "64 images x (2 weak + 2 strong + plain) = 320 passes" in done.stdout

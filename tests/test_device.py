@@ -1,12 +1,14 @@
 """How the network runs: bf16 autocast and torch.compile change speed, not what is learned."""
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from s5cl import stages
 from s5cl.augment import normalize, to_float
 from s5cl.datasets.packed import PackedDataset
-from s5cl.device import autocast_dtype, configure
+from s5cl.device import autocast_dtype, configure, cpu_has_bf16
 from s5cl.methods import make_objective
 from s5cl.models import S5CLNet, embed_and_predict
 from s5cl.params import ComputeParams, validate
@@ -17,10 +19,15 @@ from .conftest import digit_views
 CPU = torch.device("cpu")
 
 
-def test_auto_precision_is_fp32_on_the_cpu_and_bf16_when_asked():
+def test_auto_precision_on_the_cpu_is_bf16_only_with_bf16_units_and_images_of_64_px():
     assert autocast_dtype("auto", CPU) is None
-    assert autocast_dtype("fp32", CPU) is None
+    assert autocast_dtype("auto", CPU, 32) is None  # no gain at 32 px: the default stays fp32
+    native = torch.bfloat16 if cpu_has_bf16() else None
+    assert autocast_dtype("auto", CPU, 64) is native and autocast_dtype("auto", CPU, 224) is native
+    assert autocast_dtype("fp32", CPU, 224) is None
     assert autocast_dtype("bf16", CPU) is torch.bfloat16
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    assert cpu_has_bf16() == any(f in flags.split() for f in ("amx_bf16", "avx512_bf16"))
 
 
 def test_bf16_runs_the_convolutions_in_bf16_and_still_learns():

@@ -126,6 +126,7 @@ def test_mpl_step_updates_student_and_teacher_from_the_students_feedback():
     assert any(not torch.equal(a, b) for a, b in zip(s_before, student.parameters(), strict=True))
     state = objective.state_dict()
     assert set(state) == {"optimizer", "teacher", "teacher_optimizer"}
+    assert set(objective.carried_state()) == {"teacher"}, "model files carry no optimizer state"
 
 
 def test_retrieval_metrics_agree_with_pytorch_metric_learning():

@@ -19,10 +19,12 @@ from PIL import Image
 from s5cl import stages
 
 from .conftest import (
+    PBC,
     ROOT,
     TINY,
     VENV_BIN,
     make_project,
+    needs_shared,
     run,
     write_params,
 )
@@ -158,6 +160,37 @@ def test_dvc_repro_runs_caches_and_reruns_only_what_changed(reference):
     assert list((project / "checkpoints").glob("s5cl-*.pt"))  # the last good s5cl state
 
 
+@needs_shared()
+def test_predict_flags_blood_cells_as_far_from_a_digits_model(reference, tmp_path):
+    """A digits model calls anything a digit, confidently; `s5cl predict` says which images lie
+    outside what it was trained on: nearly no held-out digit, every blood cell."""
+    from sklearn.datasets import load_digits
+
+    digits, cells = tmp_path / "digits", tmp_path / "cells"
+    digits.mkdir(), cells.mkdir()
+    split = pd.read_parquet(reference.project / "data/splits/split.parquet")
+    for row in split.loc[split["role"] == "test", "index"][:60]:  # never trained on
+        image = (load_digits().images[row] * 15).astype(np.uint8)
+        Image.fromarray(image).save(digits / f"{row}.png")
+    for path in sorted(PBC.rglob("*.jpg"))[::8][:30]:  # every class
+        (cells / path.name).write_bytes(path.read_bytes())
+    tables = {}
+    for folder in (digits, cells):
+        ran = run(["s5cl", "predict", "--folder", str(folder), "--out", f"{folder}.csv"],
+                  reference.project)  # fmt: skip
+        tables[folder.name] = pd.read_csv(f"{folder}.csv")
+    assert tables["cells"]["far_from_training"].mean() >= 0.9  # 1909 of 1920 (the default run)
+    assert tables["digits"]["far_from_training"].mean() <= 0.1  # 1 of 97
+    assert re.search(r"\d+ of 30 images are far from the training data \(far_from_training: "
+                     r"distance_to_training above \d+\.\d, farther out than 99% of the 179 val "
+                     r"images\); their predicted classes are guesses", ran.stderr)  # fmt: skip
+    sizes = {name: (reference.project / f"models/{name}.pt").stat().st_size for name in MODELS}
+    assert max(sizes.values()) < 50e6, sizes  # ResNet-18 weights, no optimizer state (134 MB)
+    table = pd.read_csv(reference.project / "metrics/predictions.csv")
+    index = pd.read_parquet(reference.project / "data/packed/digits/index.parquet")
+    assert list(table["path"]) == list(index["path"][table["image"]])  # the source of each row
+
+
 def _check_every_module_edit_is_seen(project: Path) -> None:
     """Append a line to every module of the package and every stage script: `dvc status`
     must flag, for each stage, exactly the files its code imports (directly or not, lazy
@@ -246,9 +279,13 @@ def test_snakemake_passes_every_override_to_every_stage(project):
     (project / "overlay.yaml").write_text("s5cl: {tau_u: 0.5}\nevaluate: {knn_k: 3}\n")
     overrides = ["--configfile", "overlay.yaml", "--config", "method=ce", "checkpoint={every: 0}"]
     assert "good condition" in run(["snakemake", "--lint"], project).stderr
-    run(["snakemake", "--cores", "2", *overrides], project)
+    ran = run(["snakemake", "--cores", "2", *overrides], project)
+    assert "src/s5cl/" not in ran.stdout + ran.stderr  # code is a digest, not 35 inputs a job
     _check_outputs(project)
     assert (project / "logs/s5cl.log").read_text().count("ce: 3 steps") == 1
+    first = (project / "logs/warmup.log").read_text().splitlines()[0]  # what runs where
+    assert re.fullmatch(r"warmup: device cpu \(.+, \d+ threads\), fp32 \\(compute\\.precision\\); "
+                        r"\d+\.\d\dM parameters trained, 0\.00M frozen", first), first  # fmt: skip
     page = (project / "report/index.html").read_text()
     assert "S5CL pipeline: ce on digits" in page
     for name in ("warmup", "s5cl", "final"):
@@ -262,6 +299,12 @@ def test_snakemake_passes_every_override_to_every_stage(project):
     rerun = set(_dry_run(project, *overrides, "pseudolabel={threshold: 0.5}"))
     assert rerun == {"pseudolabel", "retrain", "evaluate", "report", "suggest"}
     assert _dry_run(project, *overrides[:-1], "checkpoint={every: 7}") == []
+    # An edit of a module reruns exactly the stages that run it.
+    edited = project / "src/s5cl/pseudo.py"
+    edited.write_text(edited.read_text() + "# edited\n")
+    expected = {s.name for s in stages.STAGES if "src/s5cl/pseudo.py" in stages.code_deps(s)}
+    assert set(_dry_run(project, *overrides)) == expected and "pseudolabel" in expected
+    run(["git", "checkout", "-q", "--", "src"], project)
 
     by_snakemake = (project / "metrics/evaluate.json").read_bytes()
     sets = ["-S", "method=ce", "-S", "s5cl.tau_u=0.5", "-S", "evaluate.knn_k=3"]

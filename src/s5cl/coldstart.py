@@ -41,7 +41,7 @@ def pool_embedding(
         return np.asarray(cache.plain[pool], dtype=np.float32), {}
     seed = params.seed * 100 + SEED
     model = build_model(params.model, data.num_classes, seed, int(data.images.shape[1]))
-    configure(model, params.compute, device)
+    configure(model, params.compute, device, int(data.images.shape[1]))
     model.train()
     cfg = params.s5cl
     optimizer = optimizer_for(model, cfg)

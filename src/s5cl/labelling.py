@@ -35,9 +35,8 @@ from s5cl import layout
 from s5cl.datasets.packed import PackedDataset
 from s5cl.errors import UserError
 from s5cl.io import atomic_path, first_line, read_csv, read_input, write_csv
-from s5cl.suggestions import TO_LABEL
 
-LABELS_CSV = layout.LABELS / "labels.csv"
+LABELS_CSV = layout.LABELS_CSV
 SHOWN = 384  # pixels: the shorter side of an image is shown at least this large
 
 
@@ -435,13 +434,6 @@ def serve(session: Session, port: int = 0) -> ThreadingHTTPServer:
                 "any free port"
             ) from None
         raise UserError(f"--port {port}: cannot listen there ({error.strerror})") from None
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", default="params.yaml", help="params file (its data.name)")
-    parser.add_argument("--suggestions", type=Path, default=layout.SUGGEST / TO_LABEL)
-    parser.add_argument("--labels", type=Path, default=LABELS_CSV, help="where answers go")
-    parser.add_argument("--port", type=int, default=8765, help="0: any free port")
 
 
 def run(args: argparse.Namespace) -> None:

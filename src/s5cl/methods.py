@@ -133,6 +133,10 @@ class _OneOptimizer:
     def state_dict(self) -> dict[str, Any]:
         return {"optimizer": self.optimizer.state_dict()}
 
+    def carried_state(self) -> dict[str, Any]:
+        """What the next phase continues besides the model's weights: nothing here."""
+        return {}
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
 
@@ -301,6 +305,10 @@ class MPLObjective:
             "teacher": {k: v.detach().cpu() for k, v in self.teacher.state_dict().items()},
             "teacher_optimizer": self.teacher_optimizer.state_dict(),
         }
+
+    def carried_state(self) -> dict[str, Any]:
+        """The teacher's weights: the next phase's teacher continues from them."""
+        return {"teacher": self.state_dict()["teacher"]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.optimizer.load_state_dict(state["optimizer"])

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from sklearn.metrics import (
@@ -17,10 +14,7 @@ from sklearn.metrics import (
     f1_score,
 )
 
-from s5cl.io import atomic_path
-
-# A class name is text: "$x^$" would otherwise be parsed as TeX (and fail).
-matplotlib.rcParams["text.parse_math"] = False
+from s5cl.figures import save_figure
 
 
 def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: list[str]) -> dict:
@@ -66,24 +60,18 @@ def retrieval_metrics(embeddings: np.ndarray, labels: np.ndarray, k: int = 5) ->
     }
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
-
-
-def plot_confusion(matrix: list[list[int]], class_names: list[str], title: str, path: Path) -> None:
+def plot_confusion(matrix: list[list[int]], class_names: list[str], title: str, stem: Path) -> None:
     size = max(4.0, 0.55 * len(class_names) + 2)
     fig, ax = plt.subplots(figsize=(size, size))
     ConfusionMatrixDisplay(np.array(matrix), display_labels=class_names).plot(
         ax=ax, cmap="Blues", colorbar=False, xticks_rotation=45
     )
     ax.set_title(title)
-    _save(fig, path)
+    save_figure(fig, stem)
 
 
-def plot_per_class_f1(results: dict[str, dict], class_names: list[str], path: Path) -> None:
-    """Grouped bars: per-class F1 of every model side by side."""
+def plot_per_class_f1(results: dict[str, dict], class_names: list[str], stem: Path) -> None:
+    """Grouped bars: per-class F1 of every model side by side (`stem`.png and .svg)."""
     fig, ax = plt.subplots(figsize=(max(6.0, 0.8 * len(class_names) + 2), 4))
     width = 0.8 / max(1, len(results))
     x = np.arange(len(class_names))
@@ -94,4 +82,4 @@ def plot_per_class_f1(results: dict[str, dict], class_names: list[str], path: Pa
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("F1 on the test set")
     ax.legend(loc="lower right", fontsize="small")
-    _save(fig, path)
+    save_figure(fig, stem)

@@ -178,3 +178,22 @@ def embed_and_predict(
         embeddings.append(emb.cpu())
         probabilities.append(model.classifier(emb).softmax(1).cpu())
     return torch.cat(embeddings).numpy(), torch.cat(probabilities).numpy()
+
+
+@torch.no_grad()
+def encode_rows(
+    model: S5CLNet,
+    data: PackedDataset,
+    rows: np.ndarray,
+    device: torch.device,
+    batch_size: int = 512,
+) -> np.ndarray:
+    """The encoder's features (N x F, fp32) of the packed images `rows`, one batch at a time."""
+    model.eval().to(device)
+    features = []
+    for start in range(0, len(rows), batch_size):
+        x = normalize(
+            to_float(data.batch(rows[start : start + batch_size], device)), data.mean, data.std
+        )
+        features.append(model.encode(x.contiguous(memory_format=torch.channels_last)).float().cpu())
+    return torch.cat(features).numpy() if features else np.zeros((0, model.embedder.in_features))

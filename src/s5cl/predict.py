@@ -23,6 +23,7 @@ from s5cl.device import pick_device
 from s5cl.errors import UserError
 from s5cl.io import atomic_path, load_checkpoint, write_csv
 from s5cl.models import model_from_checkpoint
+from s5cl.novelty import mahalanobis
 
 MODEL_HINT = "give --model a model file the pipeline wrote (models/final.pt, models/s5cl.pt)"
 
@@ -45,8 +46,9 @@ def predict(
     batch_size: int = 64,
     source: str | Path = "the model file",
 ) -> pd.DataFrame:
-    """One row per image: predicted class, confidence, and the `neighbours` nearest labeled
-    training images by cosine similarity of the embeddings."""
+    """One row per image: predicted class, confidence, its distance to the training data and
+    whether that is far (s5cl.novelty), and the `neighbours` nearest labeled training images by
+    cosine similarity of the embeddings."""
     if "labeled" not in checkpoint:  # model files of versions before predict existed
         raise UserError(
             "the model file has no labeled embeddings (an older version wrote it); "
@@ -59,6 +61,7 @@ def predict(
     reference = torch.as_tensor(checkpoint["labeled"]["embeddings"], device=device)
     reference = torch.nn.functional.normalize(reference, dim=1)
     k = min(neighbours, len(reference))
+    novelty = checkpoint.get("novelty")  # model files before it existed have none
     rows = []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start : start + batch_size]
@@ -70,16 +73,23 @@ def predict(
             images.append(decoded.image)
         batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).to(device)
         x = normalize(to_float(batch.contiguous()), checkpoint["mean"], checkpoint["std"])
-        emb = model.embed(x)
+        features = model.encode(x)
+        emb = model.embedder(features)
         probs = model.classifier(emb).softmax(1)
         similarity = torch.nn.functional.normalize(emb, dim=1) @ reference.T
         top_sim, top = similarity.topk(k, dim=1)
+        if novelty is not None:
+            distance = mahalanobis(features.cpu(), novelty["mean"], novelty["precision"])
         for i, path in enumerate(chunk):
             row = {
                 "path": str(path),
                 "predicted": names[int(probs[i].argmax())],
                 "confidence": round(float(probs[i].max()), 6),
             }
+            if novelty is not None:
+                row["distance_to_training"] = round(float(distance[i]), 3)
+                threshold = novelty["threshold"]
+                row["far_from_training"] = threshold is not None and bool(distance[i] > threshold)
             for j in range(k):
                 ref = int(top[i, j])
                 row[f"neighbour_{j + 1}"] = checkpoint["labeled"]["paths"][ref]
@@ -114,16 +124,37 @@ def check_for_predict(checkpoint: dict, model: torch.nn.Module, source: str | Pa
             0 <= int(x) < len(names) for x in labeled["labels"]
         ):
             problem = "labeled labels that do not match its paths or classes"
+    novelty = checkpoint.get("novelty")
+    if problem is None and novelty is not None:
+        dim = model.embedder.in_features
+        mean, precision = (novelty.get(k) if isinstance(novelty, dict) else None
+                           for k in ("mean", "precision"))  # fmt: skip
+        threshold = novelty.get("threshold") if isinstance(novelty, dict) else None
+        if not isinstance(mean, torch.Tensor) or mean.shape != (dim,):
+            problem = f"a feature mean of shape {getattr(mean, 'shape', None)}"
+        elif not isinstance(precision, torch.Tensor) or precision.shape != (dim, dim):
+            problem = f"a precision matrix of shape {getattr(precision, 'shape', None)}"
+        elif threshold is not None and not isinstance(threshold, float):
+            problem = f"a novelty threshold {threshold!r:.40}"
     if problem is not None:
         raise UserError(f"{source}: {problem}, not a model file of this project; {MODEL_HINT}")
 
 
-def add_arguments(sub: argparse.ArgumentParser) -> None:
-    sub.add_argument("images", nargs="*", type=Path, help="image files")
-    sub.add_argument("--model", type=Path, default=Path("models/final.pt"))
-    sub.add_argument("--folder", type=Path, help="classify every image under this folder")
-    sub.add_argument("--out", type=Path, help="CSV to write (default: print to stdout)")
-    sub.add_argument("--neighbours", type=int, default=3, help="nearest labeled images per row")
+def far_note(table: pd.DataFrame, novelty: dict | None) -> str | None:
+    """One line on how many images lie far from the training data, and what "far" means."""
+    if novelty is None:
+        return "this model file predates novelty flags: rerun training to flag far images"
+    if novelty["threshold"] is None:
+        return "no val set in training: images far from the training data are not flagged"
+    far = int(table["far_from_training"].sum())
+    if not far:
+        return None
+    return (
+        f"{far} of {len(table)} images are far from the training data (far_from_training: "
+        f"distance_to_training above {novelty['threshold']:.1f}, farther out than "
+        f"{100 * novelty['quantile']:.0f}% of the {novelty['val_images']} val images); their "
+        "predicted classes are guesses"
+    )
 
 
 def run(args: argparse.Namespace) -> None:
@@ -137,6 +168,9 @@ def run(args: argparse.Namespace) -> None:
     paths = image_files(args.folder) if args.folder else list(args.images)
     model = load_checkpoint(args.model, hint=MODEL_HINT)
     table = predict(model, paths, args.neighbours, source=args.model)
+    note = far_note(table, model.get("novelty"))
+    if note:
+        print(f"s5cl predict: {note}", file=sys.stderr)
     if args.out:
         with atomic_path(args.out) as tmp:
             write_csv(table, tmp)

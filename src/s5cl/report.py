@@ -5,12 +5,8 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -20,18 +16,8 @@ from sklearn.manifold import TSNE
 from s5cl.errors import UserError
 from s5cl.pseudo import pseudo_line
 
-# A class name is text: "$x^$" would otherwise be parsed as TeX (and fail).
-matplotlib.rcParams["text.parse_math"] = False
-
 SCORES = ("accuracy", "balanced_accuracy", "macro_f1", "weighted_f1", "knn_accuracy")
 PHASES = ("warmup", "s5cl", "retrain")
-
-
-def png(fig: plt.Figure) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
 
 
 def embedding_map(
@@ -40,7 +26,7 @@ def embedding_map(
     is_labeled: np.ndarray,
     class_names: list[str],
     seed: int,
-) -> bytes:
+) -> plt.Figure:
     """t-SNE of the embeddings (N x D), coloured by class; labeled images as black-edged stars."""
     perplexity = float(min(30, max(2, (len(embeddings) - 1) // 3)))
     xy = TSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(embeddings)
@@ -60,10 +46,12 @@ def embedding_map(
     ax.scatter([], [], s=120, marker="*", color="white", edgecolors="black", label="labeled")
     ax.set(xticks=[], yticks=[], title="Final model's embedding (t-SNE): test images + labeled ★")
     ax.legend(fontsize=7, markerscale=1.5, loc="center left", bbox_to_anchor=(1, 0.5))
-    return png(fig)
+    return fig
 
 
-def pseudo_label_curve(pseudo: pd.DataFrame, threshold: float, class_names: list[str]) -> bytes:
+def pseudo_label_curve(
+    pseudo: pd.DataFrame, threshold: float, class_names: list[str]
+) -> plt.Figure:
     """Left: the share of pseudo-labels kept at each confidence threshold, and their accuracy
     where the dataset holds a hidden label (a simulation; real unlabeled images have none).
     Right: how many of each class were kept at pseudolabel.threshold."""
@@ -89,7 +77,7 @@ def pseudo_label_curve(pseudo: pd.DataFrame, threshold: float, class_names: list
     bars.invert_yaxis()
     bars.set(xlabel="pseudo-labels kept", title=f"Kept per class ({len(kept_labels)})")
     fig.tight_layout()
-    return png(fig)
+    return fig
 
 
 def read_curves(metrics_dir: Path) -> pd.DataFrame:
@@ -118,7 +106,7 @@ def read_curves(metrics_dir: Path) -> pd.DataFrame:
     return pd.concat(frames)
 
 
-def training_curves(curves: pd.DataFrame) -> bytes:
+def training_curves(curves: pd.DataFrame) -> plt.Figure:
     """Loss and validation accuracy over all phases, one after the other."""
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 3.6))
     for phase, group in curves.groupby("phase", sort=False):
@@ -130,7 +118,7 @@ def training_curves(curves: pd.DataFrame) -> bytes:
     acc_ax.set(xlabel="step (all phases)", title="validation accuracy", ylim=(0, 1.02))
     for ax in (loss_ax, acc_ax):
         ax.legend(fontsize=8)
-    return png(fig)
+    return fig
 
 
 def _img(data: bytes, alt: str) -> str:

@@ -237,7 +237,7 @@ STAGES: tuple[Stage, ...] = (
         run="s5cl.pipeline.evaluate:evaluate",
         doc="test scores with 95% intervals, paired tests of the three models, val scores",
         deps=(PACKED, SPLIT, *MODELS),
-        outs=(directory(layout.PLOTS),),
+        outs=(directory(layout.EVALUATE_PLOTS),),
         params=("compute", "evaluate"),
         metrics=(str(layout.METRICS / "evaluate.json"),),
         plots={
@@ -268,9 +268,9 @@ STAGES += (
             str(layout.METRICS / "evaluate.json"),
             str(layout.METRICS / "pseudolabel.json"),
             *(directory(layout.METRICS / s / "plots" / "metrics") for s in PHASES),
-            directory(layout.PLOTS),
+            directory(layout.EVALUATE_PLOTS),
         ),
-        outs=(directory(layout.REPORT),),
+        outs=(directory(layout.REPORT), directory(layout.REPORT_PLOTS)),
         params=REPORTED,
         sweep=False,
         resources=INFERENCE,
@@ -286,6 +286,14 @@ STAGES += (
         resources=INFERENCE,
     ),
 )
+
+# Figures `dvc plots show` shows besides the stages' curves and confusion (dvc.yaml's
+# top-level plots); every figure is also an SVG beside its PNG.
+FIGURES = (
+    str(layout.EVALUATE_PLOTS / "per_class_f1.png"),
+    *(str(layout.REPORT_PLOTS / f"{name}.png")
+      for name in ("training_curves", "embedding_map", "pseudo_labels")),
+)  # fmt: skip
 
 # The sweep's rules (workflow/rules/sweep.smk): not stages, but they have resources too.
 SWEEP_RULES = {"sweep_run": {"cpus": 2, "mem_mb": 8000, "runtime": 240}, "sweep_aggregate": {}}
@@ -411,7 +419,9 @@ def dvc_yaml() -> str:
     # vars: params.yaml is what DVC reads anyway; named, a missing params.yaml is reported as
     # "'params.yaml' does not exist" rather than "Could not find 'data.name'".
     body = yaml.safe_dump(
-        {"vars": ["params.yaml"], "stages": dvc_stages()}, sort_keys=False, width=100
+        {"vars": ["params.yaml"], "stages": dvc_stages(), "plots": list(FIGURES)},
+        sort_keys=False,
+        width=100,
     )
     return DVC_HEADER + body
 

@@ -17,8 +17,8 @@ import pandas as pd
 from PIL import Image, ImageDraw
 
 from s5cl.io import atomic_path
+from s5cl.layout import SHEET, TO_LABEL  # noqa: F401  (the suggest stage's file names)
 
-TO_LABEL, SHEET = "to_label.csv", "contact_sheet.png"
 COLUMNS = ("rank", "path", "row", "score", "prediction", "confidence")
 THUMB, COLUMNS_PER_ROW, CAPTION = 128, 8, 18  # pixels, thumbnails a row, caption height
 

@@ -28,8 +28,8 @@ import pandas as pd
 
 from s5cl import layout, stages
 from s5cl.errors import UserError
+from s5cl.figures import plt, save_figure
 from s5cl.io import atomic_path, read_csv, read_input, read_json, write_csv, write_json
-from s5cl.metrics import plt
 from s5cl.params import Metric, Params, load_params
 from s5cl.stats import mcnemar_exact, mean_interval, paired_over_seeds, smallest_sign_flip_p
 
@@ -364,7 +364,7 @@ def plot(
     table: pd.DataFrame,
     metric: str,
     methods: list[str],
-    path: Path,
+    stem: Path,
     reference: dict[str, dict[float, float]] | None = None,
 ) -> None:
     """`metric` against the label budget: one line per method (and variant), the band its 95%
@@ -403,14 +403,50 @@ def plot(
     ax.set_title(f"{table['dataset'].iloc[0]}: mean over {seeds} seeds, band: 95% CI of the mean")
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, stem)
+
+
+def plot_by_budget(table: pd.DataFrame, metric: str, methods: list[str], stem: Path) -> None:
+    """One panel per budget: each method's (and variant's) mean `metric` over seeds with its
+    95% interval of the mean as an error bar, every seed's score as a dot beside it."""
+    kind = table["budget_kind"].iloc[0]
+    summary = summarise(table, (metric,))
+    budgets = sorted(table["budget"].unique())
+    order = {m: i for i, m in enumerate(methods)}
+    shown = sorted(
+        {(v, m) for v, _, m in summary.index},
+        key=lambda k: (list(dict.fromkeys(table["variant"])).index(k[0]), order.get(k[1], 99)),
+    )
+    variants = table["variant"].nunique() > 1
+    labels = [f"{m} ({v})" if variants else m for v, m in shown]
+    fig, axes = plt.subplots(
+        1, len(budgets), figsize=(1.2 + 0.9 * len(shown) * len(budgets), 3.8), sharey=True,
+        squeeze=False,
+    )  # fmt: skip
+    for ax, budget in zip(axes[0], budgets, strict=True):
+        for x, (variant, method) in enumerate(shown):
+            if (variant, budget, method) not in summary.index:
+                continue
+            row = summary.loc[(variant, budget, method)]
+            mean, low, high = (row[(metric, k)] for k in ("mean", "low", "high"))
+            error = [[mean - low], [high - mean]] if not np.isnan(low) else None
+            ax.errorbar(x, mean, yerr=error, fmt="o", capsize=4, color="black")
+            runs = table[(table["variant"] == variant) & (table["budget"] == budget)
+                         & (table["method"] == method)][metric]  # fmt: skip
+            ax.scatter(np.full(len(runs), x + 0.18), runs, s=10, color="tab:blue", alpha=0.6)
+        ax.set_xticks(range(len(shown)), labels, rotation=45, ha="right")
+        ax.set_title(budget_label(kind, budget) + (" labels" if kind == "labels_per_class" else ""))
+        ax.grid(axis="y", alpha=0.3)
+    axes[0][0].set_ylabel(f"test {metric.replace('_', ' ')}")
+    seeds = int(table.groupby(KEYS).size().min())
+    fig.suptitle(f"{table['dataset'].iloc[0]}: mean and 95% CI over {seeds} seeds; dots: seeds")
+    save_figure(fig, stem)
 
 
 def aggregate(params_file: Path, sets: list[str], run_files: list[Path], out: Path) -> pd.DataFrame:
     """results/summary.csv (one row per run), comparisons.csv (the paired differences),
-    summary.md and the figure, from the runs' outputs."""
+    summary.md (both as tables to paste) and the figures (PNG and SVG: the budget curve, and
+    per budget the methods with error bars), from the runs' outputs."""
     params = load_params(params_file, sets)
     table, right = collect(run_files, params.sweep.variant_names())
     metric = params.sweep.metric
@@ -424,8 +460,9 @@ def aggregate(params_file: Path, sets: list[str], run_files: list[Path], out: Pa
                                    "knn_accuracy", "precision_at_k")))  # fmt: skip
     with atomic_path(out / "summary.md") as tmp:
         tmp.write_text(markdown(table, compared, metric, metrics, list(params.sweep.methods)))
-    plot(table, metric, list(params.sweep.methods), out / "budget_curve.png",
+    plot(table, metric, list(params.sweep.methods), out / "budget_curve",
          params.sweep.reference)  # fmt: skip
+    plot_by_budget(table, metric, list(params.sweep.methods), out / "by_budget")
     return table
 
 
@@ -442,7 +479,7 @@ def main(argv: list[str] | None = None) -> None:
     one.add_argument("--budget", type=float, required=True)
     one.add_argument("--seed", type=int, required=True)
     one.add_argument("--out", type=Path, required=True)
-    agg = commands.add_parser("aggregate", help="summary.csv, summary.md, budget_curve.png")
+    agg = commands.add_parser("aggregate", help="summary tables and figures")
     agg.add_argument("--out", type=Path, required=True)
     agg.add_argument("runs", type=Path, nargs="+", help="the runs' run.json files")
     args = parser.parse_args(argv)
@@ -459,10 +496,7 @@ def main(argv: list[str] | None = None) -> None:
             )
         else:
             table = aggregate(args.params, args.sets, args.runs, args.out)
-            print(
-                f"aggregate: {len(table)} runs -> {args.out}/summary.csv, summary.md, "
-                "comparisons.csv, budget_curve.png"
-            )
+            print(f"aggregate: {len(table)} runs -> {args.out}/ {', '.join(layout.SWEEP_FILES)}")
     except UserError as error:
         print(f"sweep: error: {error}", file=sys.stderr)
         sys.exit(2)

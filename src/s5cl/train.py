@@ -111,8 +111,9 @@ def train(
     images of `data`; log each step to `live` (dvclive's Live, or NoLog); continue from
     `resume`'s checkpoint if there is one and write one every `resume.every` steps (None: no
     checkpoints, read or written; the benchmark's runs). Returns the
-    model's checkpoint dict: weights, the objective's state, the params, the data's classes and
-    normalisation, the last step's values."""
+    model's checkpoint dict: weights (an MPL teacher's too; no optimizer state, which only
+    resume checkpoints carry), the params, the data's classes and normalisation, the last
+    step's values."""
     phase = stage.phase
     cfg, steps = phase.config(params), phase.steps_of(params)
     saved = resume.load() if resume else None  # before any work
@@ -124,9 +125,10 @@ def train(
     gen = seed_everything(params.seed * 100 + phase.seed, distributed.rank())
     model = objective.model
     for network in objective.networks():
-        configure(network, params.compute, device)
+        configure(network, params.compute, device, int(data.images.shape[1]))
     objective.distribute()
     model.train()
+    main = distributed.is_main()
     labeled, val = indices(split, "labeled"), indices(split, "val")
     distributed.check_divides(cfg.batch_labeled, f"{phase.section}.batch_labeled")
     labeled_stream = LabeledBatches(
@@ -141,7 +143,6 @@ def train(
             )
         unlabeled_stream = UnlabeledBatches(unlabeled, params.s5cl.batch_unlabeled, gen)
         distributed.check_divides(unlabeled_stream.batch_size, "s5cl.batch_unlabeled")
-    main = distributed.is_main()
     history: list[dict[str, float]] = []
     val_acc = float("nan")
 
@@ -241,7 +242,7 @@ def train(
         "method": params.method,
         "step": steps,
         "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        **objective.state_dict(),
+        **objective.carried_state(),  # an MPL teacher; optimizer state only in resume files
         "params": params.model_dump(),
         "class_names": data.class_names,
         "mean": data.mean,

@@ -1,3 +1,4 @@
+import hashlib
 import os
 
 from s5cl.params import values_of
@@ -21,6 +22,15 @@ def outputs_of(stage):
 def cache_key(keys):
     """The config values a job is cached on (Snakemake reruns a job whose params changed)."""
     return values_of(PARAMS, tuple(keys))
+
+
+def code_digest(stage):
+    """The md5 of the code a stage runs (stages.code_deps): as a rule param, Snakemake reruns
+    the job when any of it changes ("Params have changed since last execution")."""
+    digest = hashlib.md5()
+    for path in stages.code_deps(stage):
+        digest.update(path.encode() + b"\0" + Path(path).read_bytes())
+    return digest.hexdigest()
 
 
 def threads_of(rule):

@@ -1,6 +1,6 @@
 # The comparison: variants x methods x label budgets x seeds (the `sweep` section of the config),
-# one cached job each in results/sweep/<variant>/<method>/<budget>/<seed>/, then one table and
-# one figure.
+# one cached job each in results/sweep/<variant>/<method>/<budget>/<seed>/, then the tables and
+# figures of layout.SWEEP_FILES in results/.
 #   snakemake --cores 8 sweep
 #   snakemake --cores 8 sweep --configfile workflow/presets/nct_crc_he_100k.yaml
 SWEEP = config["sweep"]
@@ -22,9 +22,7 @@ SWEEP_CODE = stages.module_files("s5cl.sweep", *(s.module for s in SWEEP_STAGES)
 
 rule sweep:
     input:
-        "results/summary.csv",
-        "results/summary.md",
-        "results/budget_curve.png",
+        [str(layout.RESULTS / name) for name in layout.SWEEP_FILES],
 
 
 rule sweep_run:
@@ -58,9 +56,7 @@ rule sweep_aggregate:
         stages.module_files("s5cl.sweep"),
         runs=SWEEP_RUNS,
     output:
-        "results/summary.csv",
-        "results/summary.md",
-        "results/budget_curve.png",
+        [str(layout.RESULTS / name) for name in layout.SWEEP_FILES],
     params:
         cached=cache_key(["sweep"]),
     threads: threads_of("sweep_aggregate")

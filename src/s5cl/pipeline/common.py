@@ -54,7 +54,8 @@ def for_inference(stage: str, params: Params, device: torch.device) -> S5CLNet:
     been made for the packed data (check_fits)."""
     path = layout.model_path(stage)
     checkpoint = load_checkpoint(path)
-    check_fits(checkpoint, path, open_packed(params))
+    data = open_packed(params)
+    check_fits(checkpoint, path, data)
     model = model_from_checkpoint(checkpoint, path, rerun_hint(path))
-    configure(model, params.compute, device)
+    configure(model, params.compute, device, int(data.images.shape[1]))
     return model

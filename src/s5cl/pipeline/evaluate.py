@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 
 from s5cl import layout
+from s5cl.datasets.prepare import INDEX
 from s5cl.datasets.split import indices
 from s5cl.device import pick_device
 from s5cl.errors import UserError
-from s5cl.io import atomic_path, write_csv, write_json
+from s5cl.io import atomic_path, read_parquet, write_csv, write_json
 from s5cl.metrics import (
     classification_metrics,
     plot_confusion,
@@ -63,7 +64,7 @@ def evaluate(params: Params) -> str:
             results[name]["confusion_matrix"],
             data.class_names,
             f"{name}: accuracy {results[name]['accuracy']:.3f}",
-            layout.PLOTS / f"confusion_{name}.png",
+            layout.EVALUATE_PLOTS / f"confusion_{name}",
         )
     intervals, comparisons = score_intervals(
         data.labels[test], predicted, len(data.class_names), PAIRS, seed=params.seed
@@ -82,12 +83,18 @@ def evaluate(params: Params) -> str:
     plot_per_class_f1(
         {name: results[name] for name in EVALUATED},
         data.class_names,
-        layout.PLOTS / "per_class_f1.png",
+        layout.EVALUATE_PLOTS / "per_class_f1",
     )
     write_json(layout.METRICS / "evaluate.json", results)
     names = {name: [data.class_names[i] for i in p] for name, p in predicted.items()}
+    index = read_parquet(layout.packed_dir(params.data.name) / INDEX, columns=["path"])
     frame = pd.DataFrame(
-        {"image": test, "actual": [data.class_names[i] for i in data.labels[test]], **names}
+        {
+            "image": test,  # the packed row
+            "path": index["path"].to_numpy()[test],  # the source file
+            "actual": [data.class_names[i] for i in data.labels[test]],
+            **names,
+        }
     )
     with atomic_path(layout.METRICS / "predictions.csv") as tmp:
         write_csv(frame, tmp)

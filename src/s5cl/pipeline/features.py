@@ -22,7 +22,7 @@ def features(params: Params) -> str:
         device = pick_device()
         # The encoder the training phases will build: same params, same seed.
         model = build_model(cfg, data.num_classes, params.seed, int(data.images.shape[1]))
-        configure(model, params.compute, device)
+        configure(model, params.compute, device, int(data.images.shape[1]))
         images, passes = write_features(model, data, params, device, folder)
         info = {
             "used": True,

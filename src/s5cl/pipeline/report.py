@@ -9,12 +9,18 @@ import numpy as np
 from s5cl import layout, stages
 from s5cl.datasets.split import indices
 from s5cl.device import pick_device
+from s5cl.figures import save_figure
 from s5cl.io import atomic_path, read_input, read_json, read_parquet
 from s5cl.models import embed_and_predict
 from s5cl.params import Params
 from s5cl.pipeline.common import for_inference, open_split
 from s5cl.pipeline.evaluate import EVALUATED, PAIRS
 from s5cl.report import embedding_map, pseudo_label_curve, read_curves, render, training_curves
+
+
+def read_plot(name: str) -> bytes:
+    """A PNG the evaluate stage drew."""
+    return read_input(layout.EVALUATE_PLOTS / f"{name}.png", Path.read_bytes, "plot")
 
 
 def report(params: Params) -> str:
@@ -29,26 +35,24 @@ def report(params: Params) -> str:
         model, data, rows, device, params.evaluate.batch_size, progress="report"
     )
     is_labeled = np.arange(len(rows)) >= len(test)
+    out = layout.REPORT_PLOTS  # each figure also as PNG and SVG, for a paper
     figures = {
-        "Training curves, all phases (also in dvclive: dvc plots show)": training_curves(
-            read_curves(layout.METRICS)
+        "Training curves, all phases (also in dvclive: dvc plots show)": save_figure(
+            training_curves(read_curves(layout.METRICS)), out / "training_curves"
         ),
-        "Embedding map of the final model": embedding_map(
-            embeddings, data.labels[rows], is_labeled, data.class_names, params.seed
+        "Embedding map of the final model": save_figure(
+            embedding_map(embeddings, data.labels[rows], is_labeled, data.class_names, params.seed),
+            out / "embedding_map",
         ),
         "Pseudo-labels: share kept (and accuracy, where a hidden label exists) against the "
-        "confidence threshold; kept per class": (
+        "confidence threshold; kept per class": save_figure(
             pseudo_label_curve(
                 read_parquet(layout.PSEUDO), params.pseudolabel.threshold, data.class_names
-            )
+            ),
+            out / "pseudo_labels",
         ),
-        "Per-class F1": read_input(layout.PLOTS / "per_class_f1.png", Path.read_bytes, "plot"),
-        **{
-            f"Confusion matrix: {name}": read_input(
-                layout.PLOTS / f"confusion_{name}.png", Path.read_bytes, "plot"
-            )
-            for name in EVALUATED
-        },
+        "Per-class F1": read_plot("per_class_f1"),
+        **{f"Confusion matrix: {name}": read_plot(f"confusion_{name}") for name in EVALUATED},
     }
     scores = read_json(layout.METRICS / "evaluate.json")  # its keys sorted: put them in order
     scores = {name: scores[name] for name in EVALUATED} | {
@@ -63,7 +67,10 @@ def report(params: Params) -> str:
         read_json(layout.METRICS / "pseudolabel.json"),
         figures,
     )
-    out = layout.REPORT / "index.html"
-    with atomic_path(out) as tmp:
+    page_path = layout.REPORT / "index.html"
+    with atomic_path(page_path) as tmp:
         tmp.write_text(page)
-    return f"{out}: {len(figures)} figures, {len(page) // 1024} KB, self-contained"
+    return (
+        f"{page_path}: {len(figures)} figures, {len(page) // 1024} KB, self-contained; "
+        f"figures as PNG and SVG in {layout.PLOTS}/"
+    )

@@ -17,11 +17,12 @@ from dvclive import Live
 from s5cl import distributed, layout, stages
 from s5cl.datasets.prepare import INDEX
 from s5cl.datasets.split import indices
-from s5cl.device import pick_device
+from s5cl.device import autocast_dtype, describe, pick_device
 from s5cl.errors import UserError
 from s5cl.io import atomic_dir, load_checkpoint, read_parquet, rerun_hint, save_checkpoint
 from s5cl.methods import UnlabeledTargets, make_objective
-from s5cl.models import build_model, embed_and_predict, model_from_checkpoint
+from s5cl.models import build_model, embed_and_predict, encode_rows, model_from_checkpoint
+from s5cl.novelty import fit_novelty, reference_rows
 from s5cl.params import Params
 from s5cl.pipeline.common import check_fits, open_split
 from s5cl.pseudo import pseudo_targets
@@ -69,6 +70,13 @@ def unlabeled_targets(phase: stages.Phase, params: Params, split: pd.DataFrame):
     return None
 
 
+def parameter_counts(model: torch.nn.Module) -> str:
+    """How many parameters training updates and how many stay fixed (model.freeze)."""
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    return f"{trained / 1e6:.2f}M parameters trained, {frozen / 1e6:.2f}M frozen"
+
+
 def run_phase(stage: stages.Stage, params: Params) -> str | None:
     with distributed.processes():
         return _train_and_save(stage, params)
@@ -94,6 +102,10 @@ def _train_and_save(stage: stages.Stage, params: Params) -> str | None:
     )
     resume = Resume(stage.name, params.checkpoint.every, fingerprint(stage, params))
     main = distributed.is_main()  # under torchrun, rank 0 alone logs and writes
+    if main:  # what runs where, before the first step
+        device = pick_device()
+        dtype = autocast_dtype(params.compute.precision, device, int(data.images.shape[1]))
+        print(f"{stage.name}: {describe(device, dtype)}; {parameter_counts(model)}", flush=True)
     # dvclive writes into a temporary folder that replaces metrics/<stage> when training is
     # done: a failed or killed run leaves the last run's metrics, never half-written ones.
     with atomic_dir(layout.METRICS / stage.name) if main else nullcontext() as folder:
@@ -103,9 +115,9 @@ def _train_and_save(stage: stages.Stage, params: Params) -> str | None:
     if not main:
         return None
     final, steps = checkpoint["final"], checkpoint["step"]
-    # The labeled images' embeddings travel in the model file: `s5cl predict`'s neighbours.
-    labeled = indices(split, "labeled")
-    embeddings, _ = embed_and_predict(objective.model, data, labeled, pick_device())
+    # The labeled images' embeddings travel in the model file: `s5cl predict`'s neighbours ...
+    labeled, device = indices(split, "labeled"), pick_device()
+    embeddings, _ = embed_and_predict(objective.model, data, labeled, device)
     packed = layout.packed_dir(params.data.name)
     paths = read_parquet(packed / INDEX, columns=["path"])["path"].to_numpy()
     checkpoint["run"] = resume.run  # whose resume checkpoint this model makes stale
@@ -114,6 +126,12 @@ def _train_and_save(stage: stages.Stage, params: Params) -> str | None:
         "labels": data.labels[labeled].tolist(),
         "embeddings": torch.from_numpy(embeddings),
     }
+    # ... and the training images' feature distribution: `s5cl predict` flags far images
+    reference = reference_rows(labeled, indices(split, "unlabeled"), params.seed)
+    checkpoint["novelty"] = fit_novelty(
+        encode_rows(objective.model, data, reference, device),
+        encode_rows(objective.model, data, indices(split, "val"), device),
+    )
     save_checkpoint(layout.model_path(stage.name), checkpoint)
     resume.finish()
     val = final.get("val_acc", float("nan"))
