@@ -18,8 +18,13 @@ $(VENV)/.installed: pyproject.toml
 .dvc/plots.html: $(VENV)/.installed
 	$(VENV)/bin/python -m s5cl.offline_plots $@
 
+# Then the run is saved as the experiment `baseline` that `dvc exp show` compares variants with
+# (docs/usage.md#comparing-experiments); DVC needs git's user.name and user.email for it.
 run: setup
 	dvc repro
+	@if git config user.name >/dev/null && git config user.email >/dev/null; then \
+	  dvc exp save -f -n baseline; \
+	else echo "note: set git's user.name and user.email, then: dvc exp save -f -n baseline"; fi
 
 # tests/test_slurm.py starts a one-node SLURM cluster from Debian's slurm-wlm and munge: as root
 # with apt-get (CI), install them if missing; elsewhere that test is skipped, saying why.

@@ -41,7 +41,9 @@ def make_project(dest: Path) -> Path:
         shutil.copy(ROOT / name, dest / name)
     run(["git", "init", "-q"], dest)
     run(["dvc", "init", "-q"], dest)
-    shutil.copy(ROOT / ".dvcignore", dest / ".dvcignore")
+    for name in (".dvcignore", ".dvc/config", ".dvc/.gitignore"):
+        shutil.copy(ROOT / name, dest / name)
+    run(["python", "-m", "s5cl.offline_plots", ".dvc/plots.html"], dest)  # as make setup does
     run(["git", "add", "-A"], dest)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], dest)
     return dest

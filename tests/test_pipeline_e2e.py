@@ -51,7 +51,8 @@ def _check_outputs(project):
             low, high = scores[model][f"{score}_low"], scores[model][f"{score}_high"]
             assert low <= scores[model][score] <= high and high - low > 0.01  # not a point
             assert 0 <= scores[model]["val"][score] <= 1
-        assert (project / f"plots/confusion_{model}.png").stat().st_size > 1000
+        for kind in ("png", "svg"):  # every figure as PNG and SVG
+            assert (project / f"plots/evaluate/confusion_{model}.{kind}").stat().st_size > 1000
     predictions = pd.read_csv(project / "metrics/predictions.csv")
     assert len(predictions) == scores["bootstrap"]["test_images"] > 0
     for first, second in (("final", "warmup"), ("final", "s5cl"), ("s5cl", "warmup")):
@@ -65,6 +66,10 @@ def _check_outputs(project):
     pseudo = pd.read_parquet(project / "data/pseudo/pseudo.parquet")
     assert sorted(pseudo["index"]) == sorted(split.loc[split["role"] == "unlabeled", "index"])
     assert "coverage" in json.loads((project / "metrics/pseudolabel.json").read_text())
+    for name in ("training_curves", "embedding_map", "pseudo_labels"):  # the report's figures
+        svg = (project / f"plots/report/{name}.svg").read_text()
+        assert svg.startswith("<?xml") and "<svg" in svg and "<dc:date>" not in svg
+        assert (project / f"plots/report/{name}.png").stat().st_size > 1000
     _check_report(project / "report/index.html")
     _check_suggestions(project, split)
     return scores

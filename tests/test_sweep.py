@@ -56,7 +56,9 @@ def test_snakemake_sweep_runs_each_variant_method_budget_and_seed_once_then_comp
     summary = (project / "results/summary.md").read_text()
     assert "| base | 2 | ce | 2 |" in summary and "| longer | 2 | mpl | 2 |" in summary
     assert "with 2 seeds, no distribution-free test over seeds can reach p < 0.05" in summary
-    assert (project / "results/budget_curve.png").stat().st_size > 10_000
+    for name in ("budget_curve", "by_budget"):  # each figure as PNG and SVG, for a paper
+        assert (project / f"results/{name}.png").stat().st_size > 10_000
+        assert "<svg" in (project / f"results/{name}.svg").read_text()
     assert "Warning" not in (project / "logs/sweep/aggregate.log").read_text()  # pandas' too
     for variant, method, seed in (("base", "ce", 0), ("longer", "mpl", 1)):
         assert (project / f"results/sweep/{variant}/{method}/2/{seed}/models/final.pt").exists()

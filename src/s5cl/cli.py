@@ -12,7 +12,7 @@ from pathlib import Path
 
 from s5cl import layout, stages
 from s5cl.errors import UserError
-from s5cl.io import atomic_path, cannot_write, refused_write, remove_leftovers
+from s5cl.io import cannot_write, refused_write, remove_leftovers
 from s5cl.params import load_params
 
 
@@ -70,8 +70,18 @@ def claim_folder() -> None:
                 f"two drivers at once would mix their outputs: wait for it to end, or stop it "
                 f"({layout.DRIVER} records it)"
             )
-    with atomic_path(layout.DRIVER) as tmp:
-        tmp.write_text(json.dumps(me))
+    if other == me:
+        return  # another job of the same driver recorded it already
+    # Jobs of one Snakemake run start side by side: each writes its own file, then renames it
+    # (atomic_path would clear the other's temporary file as a killed writer's leftover).
+    mine = layout.DRIVER.with_name(f"{layout.DRIVER.name}.{os.getpid()}.tmp")
+    try:
+        mine.write_text(json.dumps(me))
+        os.replace(mine, layout.DRIVER)
+    except OSError as error:
+        raise cannot_write(layout.DRIVER, error) from None
+    finally:
+        mine.unlink(missing_ok=True)
 
 
 def _processes() -> tuple[int, str]:

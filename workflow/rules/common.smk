@@ -29,7 +29,8 @@ def code_digest(stage):
     the job when any of it changes ("Params have changed since last execution")."""
     digest = hashlib.md5()
     for path in stages.code_deps(stage):
-        digest.update(path.encode() + b"\0" + Path(path).read_bytes())
+        for part in (path.encode(), b"\0", Path(path).read_bytes()):
+            digest.update(part)
     return digest.hexdigest()
 
 
