@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -104,6 +105,29 @@ TINY = {
     # fused views are tested against the eager ones (test_augment), and `make run` uses them.
     "compute.fuse_augment": False,
 }
+
+
+@dataclass(frozen=True)
+class TinyRun:
+    project: Path  # never changed: tests work in their own copy (copy_project)
+    stdout: str  # what `dvc repro` printed
+    stderr: str  # progress bars, warnings
+
+
+@pytest.fixture(scope="session")
+def tiny_repro(tmp_path_factory) -> TinyRun:
+    """One `dvc repro` of the TINY config in a fresh project, shared by the tests that need a
+    whole run (the docs' commands, the end-to-end tests)."""
+    project = make_project(tmp_path_factory.mktemp("tiny") / "project")
+    write_params(project, TINY)
+    ran = run(["dvc", "repro"], project)
+    return TinyRun(project, ran.stdout, ran.stderr)
+
+
+def copy_project(tiny: TinyRun, dest: Path) -> Path:
+    """A copy of the shared TINY run's project (workspace, git, DVC cache) at `dest`."""
+    shutil.copytree(tiny.project, dest, symlinks=True)
+    return dest
 
 
 def write_params(project: Path, overrides: dict) -> None:

@@ -22,17 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .conftest import (
-    PBC,
-    ROOT,
-    SHARED,
-    TINY,
-    VENV_BIN,
-    make_project,
-    needs_shared,
-    run,
-    write_params,
-)
+from .conftest import PBC, ROOT, SHARED, VENV_BIN, copy_project, needs_shared, run
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 
@@ -100,11 +90,10 @@ def _queued(project: Path) -> list[str]:
 
 
 @needs_shared()
-def test_the_documented_commands_run_as_written(tmp_path):
-    project = make_project(tmp_path / "project")
+def test_the_documented_commands_run_as_written(tiny_repro, tmp_path):
+    project = copy_project(tiny_repro, tmp_path / "project")  # `dvc repro` of TINY, done
     for name in ("Makefile", "pyproject.toml"):  # for make -n
         shutil.copy(ROOT / name, project / name)
-    write_params(project, TINY | {"coldstart.steps": 3, "sweep.methods": ["ce", "s5cl"]})
     work = tmp_path / "work"
     (work / "cells").mkdir(parents=True)
     jpgs = sorted(PBC.rglob("*.jpg"))
@@ -119,7 +108,6 @@ def test_the_documented_commands_run_as_written(tmp_path):
     _bash("git config user.name t && git config user.email t@t", project)  # DVC's commits
 
     # The baseline: `make run`'s two commands, then dvc.lock committed as the project does.
-    _bash("dvc repro", project)
     _bash("git add -A && git commit -qm run && dvc exp save -f -n baseline", project)
     assert "dvc exp save -f -n baseline" in _bash("make -n run", project).stdout
     how = how_table()

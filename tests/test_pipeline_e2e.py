@@ -23,6 +23,7 @@ from .conftest import (
     ROOT,
     TINY,
     VENV_BIN,
+    copy_project,
     make_project,
     needs_shared,
     run,
@@ -114,12 +115,11 @@ class Reference:
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Reference:
-    """One uninterrupted `dvc repro` of the tiny config: what the kill test compares with."""
-    project = make_project(tmp_path_factory.mktemp("reference") / "project")
-    write_params(project, TINY)
-    first = run(["dvc", "repro"], project)
-    return Reference(project, results(project), first.stdout, first.stderr)
+def reference(tiny_repro, tmp_path_factory) -> Reference:
+    """One uninterrupted `dvc repro` of the tiny config (a copy of the shared one): what the
+    kill test compares with."""
+    project = copy_project(tiny_repro, tmp_path_factory.mktemp("reference") / "project")
+    return Reference(project, results(project), tiny_repro.stdout, tiny_repro.stderr)
 
 
 def test_dvc_repro_runs_caches_and_reruns_only_what_changed(reference):
@@ -134,6 +134,8 @@ def test_dvc_repro_runs_caches_and_reruns_only_what_changed(reference):
     )
     assert "No CUDA runtime" not in reference.said  # Inductor's, alarming on a laptop
     _check_outputs(project)
+    sizes = {name: (project / f"models/{name}.pt").stat().st_size for name in MODELS}
+    assert max(sizes.values()) < 50e6, sizes  # ResNet-18 weights, no optimizer state (134 MB)
 
     second = run(["dvc", "repro"], project)
     assert _ran(second.stdout) == ["download"]  # it lists the dataset every time; same list
@@ -189,8 +191,6 @@ def test_predict_flags_blood_cells_as_far_from_a_digits_model(reference, tmp_pat
     assert re.search(r"\d+ of 30 images are far from the training data \(far_from_training: "
                      r"distance_to_training above \d+\.\d, farther out than 99% of the 179 val "
                      r"images\); their predicted classes are guesses", ran.stderr)  # fmt: skip
-    sizes = {name: (reference.project / f"models/{name}.pt").stat().st_size for name in MODELS}
-    assert max(sizes.values()) < 50e6, sizes  # ResNet-18 weights, no optimizer state (134 MB)
     table = pd.read_csv(reference.project / "metrics/predictions.csv")
     index = pd.read_parquet(reference.project / "data/packed/digits/index.parquet")
     assert list(table["path"]) == list(index["path"][table["image"]])  # the source of each row
@@ -289,7 +289,7 @@ def test_snakemake_passes_every_override_to_every_stage(project):
     _check_outputs(project)
     assert (project / "logs/s5cl.log").read_text().count("ce: 3 steps") == 1
     first = (project / "logs/warmup.log").read_text().splitlines()[0]  # what runs where
-    assert re.fullmatch(r"warmup: device cpu \(.+, \d+ threads\), fp32 \\(compute\\.precision\\); "
+    assert re.fullmatch(r"warmup: device cpu \(.+, \d+ threads\), fp32 \(compute\.precision\); "
                         r"\d+\.\d\dM parameters trained, 0\.00M frozen", first), first  # fmt: skip
     page = (project / "report/index.html").read_text()
     assert "S5CL pipeline: ce on digits" in page
@@ -307,8 +307,11 @@ def test_snakemake_passes_every_override_to_every_stage(project):
     # An edit of a module reruns exactly the stages that run it.
     edited = project / "src/s5cl/pseudo.py"
     edited.write_text(edited.read_text() + "# edited\n")
-    expected = {s.name for s in stages.STAGES if "src/s5cl/pseudo.py" in stages.code_deps(s)}
-    assert set(_dry_run(project, *overrides)) == expected and "pseudolabel" in expected
+    edited_by = {s.name for s in stages.STAGES if "src/s5cl/pseudo.py" in stages.code_deps(s)}
+    after = {s.name for s in stages.STAGES if edited_by & {u.name for u in stages.upstream(s.name)}}
+    expected = edited_by | after  # the stages that run it, and those after them
+    assert set(_dry_run(project, *overrides)) == expected and "pseudolabel" in edited_by
+    assert "prepare" not in expected and "split" not in expected
     run(["git", "checkout", "-q", "--", "src"], project)
 
     by_snakemake = (project / "metrics/evaluate.json").read_bytes()
