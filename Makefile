@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml
 
 # dvc plots show/diff pages with vega inlined (.dvc/config names it): they open offline.
 .dvc/plots.html: $(VENV)/.installed
-	$(VENV)/bin/python -m s5cl.offline_plots $@
+	$(VENV)/bin/python -m s5cl.pipeline.offline_plots $@
 
 # Then the run is saved as the experiment `baseline` that `dvc exp show` compares variants with
 # (docs/usage.md#comparing-experiments); DVC needs git's user.name and user.email for it.
@@ -48,4 +48,5 @@ browser:
 
 test: setup slurm browser
 	ruff check src stages tests bench
+	lint-imports
 	pytest

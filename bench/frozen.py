@@ -8,7 +8,8 @@ real download and prepare stages, in a temporary project folder. Network: a froz
 timm:vit_small_patch16_224 (random weights: speed does not depend on them) -> 64 -> classes.
 Batch: the default's 32 labeled + 64 unlabeled images, a weak and a strong view each.
 
-  through   s5cl.train's loop with images: views made on the device, the frozen ViT's forward
+  through   s5cl.training.loop's loop with images: views made on the device, the frozen ViT's
+  forward
             pass (no gradients reach it), SupCon + CE on the heads
   cache     the same loop, same batches and losses, from the features stage's cache: a few small
             matmuls a step
@@ -40,13 +41,13 @@ import pandas as pd
 import torch
 from shared_data import PBC, ROOT
 
-from s5cl import stages
-from s5cl.device import configure, pick_device
-from s5cl.methods import UnlabeledTargets, make_objective
-from s5cl.models import S5CLNet
-from s5cl.params import Params, validate
+from s5cl.config.params import Params, validate
+from s5cl.model.network import S5CLNet
+from s5cl.pipeline import stages
 from s5cl.pipeline.common import open_packed
-from s5cl.train import NoLog, train
+from s5cl.training.device import configure, pick_device
+from s5cl.training.loop import NoLog, train
+from s5cl.training.methods import UnlabeledTargets, make_objective
 
 ARCH = "timm:vit_small_patch16_224"
 

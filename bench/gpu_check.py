@@ -52,10 +52,10 @@ import numpy as np
 import torch
 from shared_data import CRC_TILES, PBC, ROOT
 
-from s5cl import stages
-from s5cl.device import pick_device
-from s5cl.models import S5CLNet, embed_and_predict
-from s5cl.params import load_params
+from s5cl.config.params import load_params
+from s5cl.model.network import S5CLNet, embed_and_predict
+from s5cl.pipeline import stages
+from s5cl.training.device import pick_device
 
 PARTS = ("tests", "pipeline", "speed", "nct", "frozen")
 REFERENCE_STEPS = 3906  # 5 epochs of NCT-CRC-HE-100K at 128 unlabeled images a step
@@ -217,10 +217,11 @@ def part_frozen(args: argparse.Namespace, work: Path) -> dict:
 def _tile_chunk(job: tuple[list[str], Path, int, int, int, int]) -> None:
     """Tiles start..start+count-1 (a process each chunk): a random square crop of a random
     original (half to all of its side), resized to `size`, flipped and turned, stain-jittered
-    (s5cl.augment's HED jitter, sigma 0.05), saved as an uncompressed TIF in its class folder."""
+    (s5cl.data.augment's HED jitter, sigma 0.05), saved as an uncompressed TIF in its class
+    folder."""
     from PIL import Image
 
-    from s5cl.augment import apply_stains, sample_stains
+    from s5cl.data.augment import apply_stains, sample_stains
 
     sources, dest, start, count, size, seed = job
     torch.set_num_threads(1)

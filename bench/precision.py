@@ -2,7 +2,7 @@
 
     python bench/precision.py
 
-What `compute.precision: auto`'s rule for CPUs rests on (s5cl.device.autocast_dtype): bf16
+What `compute.precision: auto`'s rule for CPUs rests on (s5cl.training.device.autocast_dtype): bf16
 autocast with channels_last against fp32, a forward, backward and Adam step of torchvision's
 ResNet-18 on random images, at 32 px (batch 96), 64 px (batch 128) and 224 px (batch 32). The
 two precisions alternate, twice each, and the medians are compared. The last lines say what
@@ -17,7 +17,7 @@ import time
 import torch
 import torchvision
 
-from s5cl.device import autocast_dtype, cpu_has_bf16, cpu_name, pick_device
+from s5cl.training.device import autocast_dtype, cpu_has_bf16, cpu_name, pick_device
 
 SIZES = ((32, 96), (64, 128), (224, 32))  # (px, batch)
 

@@ -26,10 +26,10 @@ from shared_data import PBC
 MEASURE = """
 import json, resource, sys, time
 from pathlib import Path
-from s5cl.datasets.prepare import prepare
+from s5cl.data.packing import pack_images
 raw, out, size, workers = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 start = time.perf_counter()
-stats = prepare(raw, out, size, workers)
+stats = pack_images(raw, out, size, workers)
 seconds = time.perf_counter() - start
 peak = next(line for line in open("/proc/self/status") if line.startswith("VmHWM"))
 print(json.dumps({
@@ -42,9 +42,9 @@ print(json.dumps({
 LIST = """
 import sys
 from pathlib import Path
-from s5cl.datasets.registry import download
-from s5cl.params import DataParams
-download(DataParams(name="folder", root=sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[2]))
+from s5cl.data.registry import download_dataset
+from s5cl.config.params import DataParams
+download_dataset(DataParams(name="folder", root=sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[2]))
 """
 
 

@@ -11,8 +11,8 @@ views + CE, Adamax):
              reference repo's weak and strong views: flips, quarter turns, ColorJitter,
              scikit-image HED jitter, RandomResizedCrop, a random affine) in DataLoader workers
   ours       one gather of uint8 rows from the packed memmap, moved to the device, weak and
-             strong views of the whole batch there (s5cl.augment), and the training loop of
-             s5cl.train itself, timed from the outside
+             strong views of the whole batch there (s5cl.data.augment), and the training loop of
+             s5cl.training.loop itself, timed from the outside
 
 Measurements alternate between the two designs (these machines are noisy) and the medians are
 compared. Our train step is also timed in fp32 and under bf16 autocast, alternating, with
@@ -53,15 +53,15 @@ from pytorch_metric_learning.samplers import MPerClassSampler
 from shared_data import PBC
 from torch.utils.data import DataLoader, Dataset, RandomSampler
 
-from s5cl import stages
-from s5cl.datasets.packed import PackedDataset
-from s5cl.datasets.prepare import INDEX, decode_file, prepare
-from s5cl.datasets.registry import download
-from s5cl.device import autocast_dtype, cpu_has_bf16, pick_device
-from s5cl.methods import UnlabeledTargets, make_objective
-from s5cl.models import S5CLNet
-from s5cl.params import DataParams, validate
-from s5cl.train import NoLog, train
+from s5cl.config.params import DataParams, validate
+from s5cl.data.packed import PackedDataset
+from s5cl.data.packing import INDEX, decode_file, pack_images
+from s5cl.data.registry import download_dataset
+from s5cl.model.network import S5CLNet
+from s5cl.pipeline import stages
+from s5cl.training.device import autocast_dtype, cpu_has_bf16, pick_device
+from s5cl.training.loop import NoLog, train
+from s5cl.training.methods import UnlabeledTargets, make_objective
 
 SIZE = 224
 REFERENCE_STEPS = 3906  # 5 epochs of NCT-CRC-HE-100K at 128 unlabeled images a step (docs/speed.md)
@@ -193,11 +193,12 @@ class ReferenceStep:
 
 
 def our_views(data: PackedDataset, batch: int, device, gen: torch.Generator) -> Callable:
-    """One gather from the memmap, uint8 to the device, both views as in s5cl.train (with the
+    """One gather from the memmap, uint8 to the device, both views as in s5cl.training.loop (with
+    the
     default params: fused per-pixel kernels)."""
-    from s5cl.augment import pixel_kernels, training_views
-    from s5cl.device import augment_chunk
-    from s5cl.params import AugmentParams, ComputeParams
+    from s5cl.config.params import AugmentParams, ComputeParams
+    from s5cl.data.augment import pixel_kernels, training_views
+    from s5cl.training.device import augment_chunk
 
     aug = AugmentParams(flip_rotate=True)
     chunk, kernels = augment_chunk(device), pixel_kernels(ComputeParams().fuse_augment, device)
@@ -219,7 +220,8 @@ def our_training(
     fuse: bool = True,
     precision: str = "auto",
 ) -> Callable:
-    """`run(steps)`: s5cl.train's loop, S5CL phase (labeled + unlabeled instance targets), with
+    """`run(steps)`: s5cl.training.loop's loop, S5CL phase (labeled + unlabeled instance targets),
+    with
     every image both labeled and unlabeled; `compile`, `fuse` and `precision`:
     compute.compile (the encoder), compute.fuse_augment and compute.precision."""
     stage = stages.get("s5cl")
@@ -310,8 +312,8 @@ def png_tiles(dest: Path, count: int) -> Path:
 def pack(folder: Path, work: Path, size: int = SIZE) -> PackedDataset:
     """A class-folder dataset through the real download and prepare, into work/packed."""
     raw, out = work / "raw", work / "packed"
-    download(DataParams(name="folder", root=str(folder)), raw, raw)
-    prepare(raw, out, size, workers=os.cpu_count())
+    download_dataset(DataParams(name="folder", root=str(folder)), raw, raw)
+    pack_images(raw, out, size, workers=os.cpu_count())
     return PackedDataset.open(out)
 
 
@@ -351,8 +353,8 @@ import json, sys
 from pathlib import Path
 sys.path.insert(0, sys.argv[3])
 from speed import our_training
-from s5cl.datasets.packed import PackedDataset
-from s5cl.models import S5CLNet
+from s5cl.data.packed import PackedDataset
+from s5cl.model.network import S5CLNet
 data = PackedDataset.open(Path(sys.argv[1]))
 our_training(data, S5CLNet(data.num_classes), 32, 32)(int(sys.argv[2]))
 # /proc, not getrusage: ru_maxrss survives execve, so a child would report its parent's peak

@@ -2,8 +2,8 @@
 
 Usage: python stages/warmup.py [--params params.yaml] [--set section.key=value ...]
 
-GENERATED from src/s5cl/stages.py by `python -m s5cl.stages write`.
-The work: s5cl.pipeline.training:warmup.
+GENERATED from src/s5cl/pipeline/stages.py by `python -m s5cl.pipeline.generate write`.
+The work: s5cl.pipeline.training_stages:warmup.
 """
 
 import sys
@@ -12,7 +12,7 @@ from pathlib import Path
 # This folder holds s5cl.py, which must not shadow the s5cl package: drop it from the path.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
-from s5cl.cli import run_stage  # noqa: E402
+from s5cl.pipeline.runner import run_stage  # noqa: E402
 
 if __name__ == "__main__":
     run_stage("warmup")

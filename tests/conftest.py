@@ -44,7 +44,9 @@ def make_project(dest: Path) -> Path:
     run(["dvc", "init", "-q"], dest)
     for name in (".dvcignore", ".dvc/config", ".dvc/.gitignore"):
         shutil.copy(ROOT / name, dest / name)
-    run(["python", "-m", "s5cl.offline_plots", ".dvc/plots.html"], dest)  # as make setup does
+    run(
+        ["python", "-m", "s5cl.pipeline.offline_plots", ".dvc/plots.html"], dest
+    )  # as make setup does
     run(["git", "add", "-A"], dest)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init"], dest)
     return dest
@@ -63,8 +65,8 @@ def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedPr
 def in_process(project: Path, monkeypatch, *names: str, sets: tuple[str, ...] = ()) -> None:
     """Run stages inside pytest (whose torch is already loaded): for the stages a test only
     needs the outputs of. The project needs only params.yaml (and labels/ for split)."""
-    from s5cl import stages
-    from s5cl.params import load_params
+    from s5cl.config.params import load_params
+    from s5cl.pipeline import stages
 
     monkeypatch.chdir(project)
     params = load_params(project / "params.yaml", list(sets))
@@ -78,7 +80,7 @@ class Interrupted(BaseException):
 
 def stop_after_first_checkpoint(project: Path, monkeypatch, stage: str, sets=()) -> None:
     """Run `stage` in-process and stop it right after it writes its first checkpoint."""
-    from s5cl.resume import Resume
+    from s5cl.training.resume import Resume
 
     save = Resume.save
 
@@ -215,8 +217,8 @@ def digit_views(seed: int = 0):
     import torch
     from sklearn.datasets import load_digits
 
-    from s5cl.augment import normalize, strong_view, to_float, weak_view
-    from s5cl.params import AugmentParams
+    from s5cl.config.params import AugmentParams
+    from s5cl.data.augment import normalize, strong_view, to_float, weak_view
 
     digits = load_digits()
     rng = np.random.default_rng(seed)

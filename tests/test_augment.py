@@ -7,7 +7,8 @@ import torch
 import torchvision.transforms.functional as TF
 from torchvision.transforms import InterpolationMode
 
-from s5cl.augment import (
+from s5cl.config.params import AugmentParams
+from s5cl.data.augment import (
     EAGER,
     Affine,
     ColorFactors,
@@ -32,8 +33,7 @@ from s5cl.augment import (
     warp,
     weak_view,
 )
-from s5cl.datasets.prepare import decode_file
-from s5cl.params import AugmentParams
+from s5cl.data.packing import decode_file
 
 from .conftest import PBC, SHARED, needs_shared
 

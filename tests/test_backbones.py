@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from s5cl import backbones, layout, stages
+from s5cl import layout
+from s5cl.config.params import ModelParams, Params, load_params
 from s5cl.errors import UserError
-from s5cl.methods import make_objective
-from s5cl.models import S5CLNet, build_model, model_from_checkpoint
-from s5cl.params import ModelParams, Params, load_params
-from s5cl.presets import PRESETS
+from s5cl.model import backbones
+from s5cl.model.network import S5CLNet, build_model, model_from_checkpoint
+from s5cl.model.presets import PRESETS
+from s5cl.pipeline import stages
+from s5cl.training.methods import make_objective
 
 from .conftest import PBC, TINY, digit_views, needs_shared, write_params
 
@@ -198,7 +200,7 @@ def test_a_head_step_from_cached_features_equals_a_step_through_the_frozen_backb
     through.encoder = torch.nn.Sequential(through.encoder, _ToHalfAndBack())
     through.frozen = ["encoder"]
     phase = stages.get("s5cl").phase
-    from s5cl.methods import UnlabeledTargets
+    from s5cl.training.methods import UnlabeledTargets
 
     targets = UnlabeledTargets("instance", 0.7, 1.0, 0.7, 1.0)
     results = []
@@ -250,7 +252,7 @@ def test_frozen_run_from_cached_features_on_digits(project, monkeypatch):
     assert '"accuracy"' in scores
 
     # The cache of other params is refused with what differs, not silently used.
-    from s5cl.features import FeatureCache
+    from s5cl.training.feature_cache import FeatureCache
 
     other = load_params(project / "params.yaml", [*sets, "augment.jitter=0.2"])
     with pytest.raises(UserError, match=r"made for other augment.jitter; rerun the features"):
@@ -264,10 +266,10 @@ def test_the_features_stage_stores_what_the_encoder_gives_for_its_views(project,
     kernels, chunk and batch shape), so the comparison is bitwise on any CPU: a contiguous
     model, or another batch shape, picks other oneDNN kernels on AVX-512 and differs in the
     last bits of fp16."""
-    from s5cl.augment import pixel_kernels, training_views
-    from s5cl.device import augment_chunk, configure
-    from s5cl.features import BATCH, VIEW_SEED, encoder_features
+    from s5cl.data.augment import pixel_kernels, training_views
     from s5cl.pipeline.common import open_packed
+    from s5cl.training.device import augment_chunk, configure
+    from s5cl.training.feature_cache import BATCH, VIEW_SEED, encoder_features
 
     write_params(project, TINY)
     params = _in_process(

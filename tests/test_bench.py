@@ -60,7 +60,7 @@ def test_the_gpu_check_smoke_runs_every_part_on_the_cpu(tmp_path):
     (resume,) = [case for case in tests["cases"] if "resume_bitwise" in case]
     assert resume["resume_bitwise"] == "True"
 
-    from s5cl import stages
+    from s5cl.pipeline import stages
 
     pipeline = summary["pipeline"]
     assert list(pipeline["stage_seconds"]) == [s.name for s in stages.STAGES]

@@ -16,15 +16,15 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from s5cl.datasets import registry
-from s5cl.datasets.archive import extract_zip
-from s5cl.datasets.fetch import fetch, md5_file
-from s5cl.datasets.packed import PackedDataset
-from s5cl.datasets.prepare import INDEX, prepare
-from s5cl.datasets.registry import ArchivePart, ArraySet, RemoteFile, download
-from s5cl.datasets.split import make_split
+from s5cl.config.params import DataParams, DatasetName, SplitParams
+from s5cl.data import registry
+from s5cl.data.archive import extract_zip
+from s5cl.data.fetch import fetch, md5_file
+from s5cl.data.packed import PackedDataset
+from s5cl.data.packing import INDEX, pack_images
+from s5cl.data.registry import ArchivePart, ArraySet, RemoteFile, download_dataset
+from s5cl.data.splitting import make_split
 from s5cl.errors import UserError
-from s5cl.params import DataParams, DatasetName, SplitParams
 
 from .conftest import PBC, SHARED, needs_shared, run, zip_tree
 
@@ -178,7 +178,7 @@ def test_nct_registry_downloads_unpacks_checks_counts_and_packs(file_server, tmp
     cfg = DataParams(name="nct_crc_he_100k", mirror=file_server.url + "/")
     raw, downloads = tmp_path / "raw", tmp_path / "downloads"
 
-    manifest = download(cfg, raw, downloads)
+    manifest = download_dataset(cfg, raw, downloads)
     assert manifest["subset"].value_counts().to_dict() == {"train": 41, "test": 9}
     assert manifest["class_name"].nunique() == 9
     unpacked = downloads / "nct_crc_he_100k" / "NCT-CRC-HE-100K" / "NCT-CRC-HE-100K"
@@ -187,10 +187,12 @@ def test_nct_registry_downloads_unpacks_checks_counts_and_packs(file_server, tmp
     ).read_bytes()
 
     requests = len(file_server.log)
-    download(cfg, raw, downloads)  # verified zips, extracted trees: nothing is fetched again
+    download_dataset(
+        cfg, raw, downloads
+    )  # verified zips, extracted trees: nothing is fetched again
     assert len(file_server.log) == requests == 2
 
-    stats = prepare(raw, tmp_path / "packed", size=224, workers=2)
+    stats = pack_images(raw, tmp_path / "packed", size=224, workers=2)
     packed = PackedDataset.open(tmp_path / "packed")
     index = pd.read_parquet(tmp_path / "packed" / INDEX)
     for i in range(len(index)):  # native size: every pixel exactly as PIL decodes the TIF
@@ -217,7 +219,7 @@ def test_a_count_that_differs_from_the_published_one_is_named(file_server, tmp_p
     monkeypatch.setitem(registry.ARCHIVES, "nct_crc_he_100k", (part,))
     cfg = DataParams(name="nct_crc_he_100k", mirror=file_server.url)
     with pytest.raises(UserError, match=r"class TUM has 1 images, 2 published; .* delete .* rerun"):
-        download(cfg, tmp_path / "raw", tmp_path / "downloads")
+        download_dataset(cfg, tmp_path / "raw", tmp_path / "downloads")
 
 
 @needs_shared()
@@ -240,8 +242,10 @@ def test_medmnist_npz_keeps_its_own_split_and_its_pixels(file_server, tmp_path, 
     monkeypatch.setitem(registry.ARRAYS, "bloodmnist", spec)
     raw = tmp_path / "raw"
 
-    download(DataParams(name="bloodmnist", mirror=file_server.url), raw, tmp_path / "downloads")
-    stats = prepare(raw, tmp_path / "packed", size=32)
+    download_dataset(
+        DataParams(name="bloodmnist", mirror=file_server.url), raw, tmp_path / "downloads"
+    )
+    stats = pack_images(raw, tmp_path / "packed", size=32)
     packed = PackedDataset.open(tmp_path / "packed")
     index = pd.read_parquet(tmp_path / "packed" / INDEX)
     assert {s: sum(c.values()) for s, c in stats["counts"].items()} == totals
@@ -258,8 +262,8 @@ def test_medmnist_npz_keeps_its_own_split_and_its_pixels(file_server, tmp_path, 
 @needs_shared()
 def test_prepare_on_pbc_matches_pil_and_stats_match_numpy(tmp_path):
     raw = tmp_path / "raw"
-    download(DataParams(name="folder", root=str(PBC)), raw, tmp_path / "downloads")
-    stats = prepare(raw, tmp_path / "packed", size=48, workers=2)
+    download_dataset(DataParams(name="folder", root=str(PBC)), raw, tmp_path / "downloads")
+    stats = pack_images(raw, tmp_path / "packed", size=48, workers=2)
     packed = PackedDataset.open(tmp_path / "packed")
     index = pd.read_parquet(tmp_path / "packed" / INDEX)
     assert len(index) == 8 * 240 and stats["shape"] == [8 * 240, 48, 48, 3]
@@ -278,8 +282,8 @@ def test_folder_csv_grayscale_and_rgba_and_its_mistakes(tmp_path):
     csv = tmp_path / "labels.csv"
     csv.write_text(f"path,label,subset\ngray.png,a,train\nrgba.png,b,test\n{tile},a,train\n")
     raw = tmp_path / "raw"
-    download(DataParams(name="folder", root=str(csv)), raw, tmp_path / "downloads")
-    prepare(raw, tmp_path / "packed", size=32, workers=1)
+    download_dataset(DataParams(name="folder", root=str(csv)), raw, tmp_path / "downloads")
+    pack_images(raw, tmp_path / "packed", size=32, workers=1)
     packed = PackedDataset.open(tmp_path / "packed")
     assert np.array_equal(packed.images[0], pil_pixels(tmp_path / "gray.png", 32))
     assert np.array_equal(packed.images[1], pil_pixels(tmp_path / "rgba.png", 32))
@@ -289,25 +293,27 @@ def test_folder_csv_grayscale_and_rgba_and_its_mistakes(tmp_path):
 
     csv.write_text("file,class\ngray.png,a\n")
     with pytest.raises(UserError, match=r"labels.csv: needs columns path,label"):
-        download(DataParams(name="folder", root=str(csv)), raw, tmp_path)
+        download_dataset(DataParams(name="folder", root=str(csv)), raw, tmp_path)
     csv.write_text("path,label\ngray.png,a\nnope.png,b\n")
     with pytest.raises(UserError, match=r"labels.csv line 3: .*nope.png is not a file"):
-        download(DataParams(name="folder", root=str(csv)), raw, tmp_path)
+        download_dataset(DataParams(name="folder", root=str(csv)), raw, tmp_path)
 
     broken = tmp_path / "tree" / "a"
     broken.mkdir(parents=True)
     (broken / "broken.png").write_bytes(b"\x89PNG not really")
-    download(DataParams(name="folder", root=str(tmp_path / "tree")), raw, tmp_path)
+    download_dataset(DataParams(name="folder", root=str(tmp_path / "tree")), raw, tmp_path)
     with pytest.raises(UserError, match=r"broken.png: not an image .* remove or replace it"):
-        prepare(raw, tmp_path / "packed2", size=32, workers=1)
+        pack_images(raw, tmp_path / "packed2", size=32, workers=1)
 
 
 @needs_shared()
 def test_aml_munich_checks_the_local_copy_and_says_where_to_get_it(tmp_path, monkeypatch):
     with pytest.raises(UserError, match=r"not a folder: get AML-Cytomorphology_LMU .* TCIA"):
-        download(DataParams(name="aml_munich", root=str(tmp_path / "nowhere")), tmp_path, tmp_path)
+        download_dataset(
+            DataParams(name="aml_munich", root=str(tmp_path / "nowhere")), tmp_path, tmp_path
+        )
     with pytest.raises(UserError, match=r"class folders BAS, EBO, .* missing; get AML"):
-        download(DataParams(name="aml_munich", root=str(PBC)), tmp_path, tmp_path)
+        download_dataset(DataParams(name="aml_munich", root=str(PBC)), tmp_path, tmp_path)
 
     # The TCIA layout (AML-Cytomorphology_LMU/<CLASS>/*.tiff), built from real blood-cell images.
     copy = tmp_path / "tcia" / "AML-Cytomorphology_LMU"
@@ -317,13 +323,15 @@ def test_aml_munich_checks_the_local_copy_and_says_where_to_get_it(tmp_path, mon
         for j in range(2):
             Image.open(cells[2 * i + j]).save(copy / name / f"{name}_{j:04d}.tiff")
     monkeypatch.setattr(registry, "AML_MUNICH_COUNTS", dict.fromkeys(registry.AML_MUNICH_COUNTS, 2))
-    manifest = download(
+    manifest = download_dataset(
         DataParams(name="aml_munich", root=str(tmp_path / "tcia")), tmp_path, tmp_path
     )
     assert len(manifest) == 30 and manifest["class_name"].nunique() == 15
     (copy / "PMO" / "PMO_0001.tiff").unlink()
     with pytest.raises(UserError, match=r"class PMO has 1 images, 2 published; the copy is"):
-        download(DataParams(name="aml_munich", root=str(tmp_path / "tcia")), tmp_path, tmp_path)
+        download_dataset(
+            DataParams(name="aml_munich", root=str(tmp_path / "tcia")), tmp_path, tmp_path
+        )
 
 
 # ---------------------------------------------------------------- the stage scripts

@@ -5,14 +5,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from s5cl import stages
-from s5cl.augment import normalize, to_float
-from s5cl.datasets.packed import PackedDataset
-from s5cl.device import autocast_dtype, configure, cpu_has_bf16
-from s5cl.methods import make_objective
-from s5cl.models import S5CLNet, embed_and_predict
-from s5cl.params import ComputeParams, validate
-from s5cl.train import seed_everything
+from s5cl.config.params import ComputeParams, validate
+from s5cl.data.augment import normalize, to_float
+from s5cl.data.packed import PackedDataset
+from s5cl.model.network import S5CLNet, embed_and_predict
+from s5cl.pipeline import stages
+from s5cl.training.device import autocast_dtype, configure, cpu_has_bf16
+from s5cl.training.loop import seed_everything
+from s5cl.training.methods import make_objective
 
 from .conftest import digit_views
 

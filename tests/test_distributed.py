@@ -17,10 +17,11 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from s5cl import distributed, stages
-from s5cl.methods import UnlabeledTargets, make_objective
-from s5cl.models import S5CLNet
-from s5cl.params import load_params, validate
+from s5cl.config.params import load_params, validate
+from s5cl.model.network import S5CLNet
+from s5cl.pipeline import stages
+from s5cl.training import distributed
+from s5cl.training.methods import UnlabeledTargets, make_objective
 
 from .conftest import ROOT, TINY, VENV_BIN, digit_views, run, write_params
 

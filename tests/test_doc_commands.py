@@ -189,4 +189,7 @@ EXPERIMENTS = [
     "dvc plots diff baseline labels10 tau05",
 ]
 # The values a -S gives, through the params' own checks.
-CHECK = "import sys; from s5cl.params import load_params; load_params('params.yaml', sys.argv[1:])"
+CHECK = (
+    "import sys; from s5cl.config.params import load_params; "
+    "load_params('params.yaml', sys.argv[1:])"
+)

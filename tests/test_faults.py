@@ -31,8 +31,8 @@ import torch
 import yaml
 from PIL import Image
 
-from s5cl.cli import run_stage
-from s5cl.console import main as predict_main
+from s5cl.cli import main as predict_main
+from s5cl.pipeline.runner import run_stage
 
 from .conftest import PBC, ROOT, needs_shared
 
@@ -163,8 +163,8 @@ def env(base, tmp_path, monkeypatch) -> Env:
     shutil.copytree(base / "project" / "models", project / "models", copy_function=os.link)
     _write_params(project, tree)
     # the copy's tree is its data.root: as if download had listed it (prepare checks that)
+    from s5cl.config.params import load_params
     from s5cl.io import write_json
-    from s5cl.params import load_params
     from s5cl.pipeline.download import LISTED, listed_with
 
     listed = project / "data/raw/folder" / LISTED
@@ -821,8 +821,8 @@ def test_exif_orientation_is_applied_and_transparency_is_white(env, capsys):
 def test_weights_load_plain_wrapped_prefixed_and_from_a_model_file(env, tmp_path):
     from torchvision.models import resnet18
 
-    from s5cl.models import S5CLNet
-    from s5cl.params import ModelParams
+    from s5cl.config.params import ModelParams
+    from s5cl.model.network import S5CLNet
 
     source = resnet18()
     torch.nn.init.normal_(source.conv1.weight)
@@ -868,7 +868,7 @@ class _RunsCode:
 
 def _crafted(path: Path, marker: Path) -> None:
     """A model file with every key the project checks for, and a pickled call beside them."""
-    from s5cl.io import MODEL_KEYS
+    from s5cl.model.torch_files import MODEL_KEYS
 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)  # a hard link to the base project's model: never write into it
@@ -879,9 +879,9 @@ def test_a_file_that_would_run_code_is_refused_wherever_it_is_read(env, capsys, 
     """A pickled os.system call in each model file, in a resume checkpoint and in the weights
     file: every stage that reads one, and `s5cl predict`, ends in one line (or, for the
     checkpoint, removes it and starts over), and the call never runs."""
-    from s5cl import stages
-    from s5cl.params import load_params
-    from s5cl.resume import Resume, fingerprint
+    from s5cl.config.params import load_params
+    from s5cl.pipeline import stages
+    from s5cl.training.resume import Resume, fingerprint
 
     marker = tmp_path / "the-payload-ran"
     params = load_params("params.yaml", [])
@@ -923,7 +923,7 @@ def test_a_file_that_would_run_code_is_refused_wherever_it_is_read(env, capsys, 
 
 
 def test_ctrl_c_in_training_says_where_it_stopped_and_a_rerun_continues(env, capsys, monkeypatch):
-    from s5cl.methods import ContrastiveObjective
+    from s5cl.training.methods import ContrastiveObjective
 
     update, calls = ContrastiveObjective.update, []
 
@@ -949,7 +949,7 @@ def test_ctrl_c_in_training_says_where_it_stopped_and_a_rerun_continues(env, cap
     def pressed(params):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("s5cl.stages.function", lambda name: pressed)
+    monkeypatch.setattr("s5cl.pipeline.stages.function", lambda name: pressed)
     ran = stage("split", capsys)
     assert ran.code == 2 and ran.last == (
         "split: error: stopped by Ctrl-C; its outputs are written whole or not at all, so "
@@ -984,8 +984,8 @@ def test_class_names_are_text_in_every_figure(tmp_path):
     """matplotlib would parse `$x^$` as TeX and fail: every figure shows it as written."""
     import pandas as pd
 
-    from s5cl.metrics import plot_confusion, plot_per_class_f1
-    from s5cl.report import embedding_map, pseudo_label_curve
+    from s5cl.evaluation.metrics import plot_confusion, plot_per_class_f1
+    from s5cl.evaluation.report_page import embedding_map, pseudo_label_curve
 
     names = ["$x^$", "=1+2", r"a\b$"]
     plot_confusion([[1, 0, 0], [0, 1, 0], [0, 0, 1]], names, "$acc", tmp_path / "c.png")
@@ -1004,10 +1004,10 @@ def test_a_second_driver_in_the_same_folder_is_refused(env, tmp_path):
     """`dvc repro` running here, then a stage started by snakemake: one line, exit 2, nothing
     touched; once dvc has ended, its record is stale and snakemake's stage runs. (The drivers
     are stood in for by processes named dvc and snakemake: the check reads names from /proc.)"""
-    from s5cl.cli import _process
+    from s5cl.pipeline.runner import _process
 
     script = tmp_path / "split_stage.py"
-    script.write_text("from s5cl.cli import run_stage\nrun_stage('split')\n")
+    script.write_text("from s5cl.pipeline.runner import run_stage\nrun_stage('split')\n")
     inner = f"{sys.executable} {script}; exit $?"  # two commands: bash waits, stays the parent
     under_snakemake = ["bash", "-c", f"exec -a snakemake bash -c '{inner}'"]
     dvc = subprocess.Popen(["bash", "-c", "exec -a dvc sleep 120"])

@@ -21,7 +21,8 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 import torch
 
 from s5cl import layout
-from s5cl.augment import (
+from s5cl.config.params import AugmentParams, ComputeParams
+from s5cl.data.augment import (
     normalize,
     pixel_kernels,
     strong_view,
@@ -29,10 +30,9 @@ from s5cl.augment import (
     training_views,
     weak_view,
 )
-from s5cl.datasets.packed import PackedDataset
-from s5cl.device import configure
-from s5cl.models import S5CLNet
-from s5cl.params import AugmentParams, ComputeParams
+from s5cl.data.packed import PackedDataset
+from s5cl.model.network import S5CLNet
+from s5cl.training.device import configure
 
 from .conftest import in_process, stop_after_first_checkpoint
 
@@ -60,7 +60,7 @@ def _digits_uint8(count: int, size: int) -> torch.Tensor:
 def test_bf16_autocast_keeps_the_losses_and_the_classifier_in_fp32():
     """`compute.precision: auto` is bf16 on a GPU with bf16 units; the convolutions run in it,
     the embedding, the classifier's weights and logits, and the loss stay fp32."""
-    from s5cl.losses import supcon
+    from s5cl.training.losses import supcon
 
     precision = "auto" if DEVICE.type == "cuda" else "bf16"  # auto is fp32 on a CPU
     torch.manual_seed(0)

@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 
 from s5cl.errors import UserError
-from s5cl.labelling import LabelStore, open_session, serve
-from s5cl.selection import select
-from s5cl.suggestions import contact_sheet, to_label_table
+from s5cl.labelling.page import LabelStore, open_session, serve
+from s5cl.labelling.selection import select
+from s5cl.labelling.suggestion_files import contact_sheet, to_label_table
 from tests.conftest import PBC, ROOT
 
 CHROMIUM, DRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")

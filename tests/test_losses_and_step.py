@@ -2,10 +2,10 @@ import pytest
 import torch
 from pytorch_metric_learning.losses import SupConLoss
 
-from s5cl.losses import S5CLLoss, supcon
-from s5cl.methods import step_loss
-from s5cl.models import S5CLNet
-from s5cl.train import seed_everything
+from s5cl.model.network import S5CLNet
+from s5cl.training.loop import seed_everything
+from s5cl.training.losses import S5CLLoss, supcon
+from s5cl.training.methods import step_loss
 
 from .conftest import digit_views
 

@@ -6,7 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from s5cl.methods import (
+from s5cl.config.params import validate
+from s5cl.model.network import S5CLNet
+from s5cl.pipeline.stages import STAGES
+from s5cl.training.loop import seed_everything
+from s5cl.training.methods import (
     ContrastiveObjective,
     FixMatchObjective,
     MPLObjective,
@@ -15,10 +19,6 @@ from s5cl.methods import (
     make_objective,
     mpl_teacher_loss,
 )
-from s5cl.models import S5CLNet
-from s5cl.params import validate
-from s5cl.stages import STAGES
-from s5cl.train import seed_everything
 
 from .conftest import digit_views
 
@@ -135,7 +135,7 @@ def test_retrieval_metrics_agree_with_pytorch_metric_learning():
     from pytorch_metric_learning.utils.inference import CustomKNN
     from sklearn.datasets import load_digits
 
-    from s5cl.metrics import retrieval_metrics
+    from s5cl.evaluation.metrics import retrieval_metrics
 
     digits = load_digits()
     embeddings, labels = digits.data[:400].astype(np.float32), digits.target[:400]

@@ -1,4 +1,4 @@
-"""Far from the training data (s5cl.novelty): the distance against scikit-learn's, the
+"""Far from the training data (s5cl.evaluation.novelty): the distance against scikit-learn's, the
 threshold against the val set, and clear errors for wrong shapes."""
 
 import numpy as np
@@ -7,7 +7,7 @@ import torch
 from sklearn.covariance import LedoitWolf
 from sklearn.datasets import load_digits
 
-from s5cl.novelty import QUANTILE, fit_novelty, mahalanobis, reference_rows
+from s5cl.evaluation.novelty import QUANTILE, fit_novelty, mahalanobis, reference_rows
 
 
 def test_distances_are_scikit_learns_and_the_val_set_sets_the_threshold():

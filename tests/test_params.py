@@ -3,8 +3,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from s5cl.config.params import json_schema, load_params, validate
 from s5cl.errors import UserError
-from s5cl.params import json_schema, load_params, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,8 +57,28 @@ def test_params_yaml_sections_match_the_models():
 
 
 def test_model_defaults_are_the_projects_default_run():
-    from s5cl.params import Params
+    from s5cl.config.params import Params
 
     raw = yaml.safe_load((ROOT / "params.yaml").read_text())
     assert set(raw) == set(Params.model_fields)  # every section written out
     assert validate(raw).model_dump() == Params().model_dump()
+
+
+def test_retrain_takes_any_s5cl_key_and_inherits_the_rest():
+    """retrain: is tuned in its own section; a key it leaves out is s5cl's, so the default
+    run's retrain phase has exactly the s5cl settings it always had."""
+    from s5cl.config.phases import phase
+
+    default = load_params(ROOT / "params.yaml")
+    retrain = phase("retrain").config(default)
+    assert retrain.model_dump() == default.s5cl.model_dump() | {"steps": default.retrain.steps}
+    tuned = load_params(ROOT / "params.yaml", ["retrain.lr=0.0005", "retrain.tau_p=0.3"])
+    config = phase("retrain").config(tuned)
+    assert (config.lr, config.tau_p, config.tau_u) == (0.0005, 0.3, tuned.s5cl.tau_u)
+    assert phase("s5cl").config(tuned).lr == default.s5cl.lr  # s5cl itself untouched
+    with pytest.raises(UserError, match=r"retrain\.lr = -1: Input should be greater than 0"):
+        load_params(ROOT / "params.yaml", ["retrain.lr=-1"])
+    with pytest.raises(UserError, match="retrain \\(over s5cl\\): batch_labeled=32 must be a"):
+        load_params(ROOT / "params.yaml", ["retrain.m_per_class=5"])
+    with pytest.raises(UserError, match=r"unknown parameter retrain\.tau_uu"):
+        load_params(ROOT / "params.yaml", ["retrain.tau_uu=0.5"])

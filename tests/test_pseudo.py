@@ -2,8 +2,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from s5cl.params import PseudolabelParams
-from s5cl.pseudo import pseudo_line, pseudo_summary, pseudo_targets, select_pseudo_labels
+from s5cl.config.params import PseudolabelParams
+from s5cl.labelling.pseudo_labels import (
+    pseudo_line,
+    pseudo_summary,
+    pseudo_targets,
+    select_pseudo_labels,
+)
 
 
 def test_threshold_and_per_class_cap():

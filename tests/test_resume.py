@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from s5cl import layout
-from s5cl.datasets.streams import LabeledBatches, UnlabeledBatches
-from s5cl.methods import METHODS
-from s5cl.resume import restore_rng_states, rng_states
-from s5cl.train import seed_everything
+from s5cl.training.loop import seed_everything
+from s5cl.training.methods import METHODS
+from s5cl.training.resume import restore_rng_states, rng_states
+from s5cl.training.streams import LabeledBatches, UnlabeledBatches
 
 from .conftest import TINY, in_process, run, stop_after_first_checkpoint, write_params
 

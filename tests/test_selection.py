@@ -1,4 +1,5 @@
-"""Which images to label: the strategies (s5cl.selection, on scikit-activeml), the cold-start
+"""Which images to label: the strategies (s5cl.labelling.selection, on scikit-activeml), the
+cold-start
 split (split.select), labels added by hand (split.labeled_csv). Real data: digits."""
 
 from __future__ import annotations
@@ -8,11 +9,11 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_digits
 
-from s5cl import selection
-from s5cl.datasets.split import add_labels, make_split
+from s5cl.config.params import SplitParams
+from s5cl.data.splitting import add_labels, make_split
 from s5cl.errors import UserError
-from s5cl.params import SplitParams
-from s5cl.selection import select
+from s5cl.labelling import selection
+from s5cl.labelling.selection import select
 
 STRATEGIES = ("random", "typiclust", "probcover", "kcenter", "margin", "badge")
 

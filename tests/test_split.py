@@ -3,9 +3,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from s5cl.datasets.split import ROLES, indices, make_split
+from s5cl.config.params import SplitParams
+from s5cl.data.splitting import ROLES, indices, make_split
 from s5cl.errors import UserError
-from s5cl.params import SplitParams
 
 
 def test_every_image_exactly_once(digits_labels):

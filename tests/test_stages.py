@@ -9,7 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from s5cl import stages
+from s5cl.config.phases import PHASE_NAMES
+from s5cl.pipeline import generate, stages
 
 from .conftest import ROOT, TINY, run, write_params
 
@@ -45,8 +46,10 @@ def toy(params):
 def test_generated_files_are_up_to_date():
     """dvc.yaml, the stage scripts, the Snakemake schema and docs/params.md are written from
     the stage table and the params models: the committed files must be what they write."""
-    for path, text in stages.generated_files().items():
-        assert (ROOT / path).read_text() == text, f"{path}: run python -m s5cl.stages write"
+    for path, text in generate.generated_files().items():
+        assert (ROOT / path).read_text() == text, (
+            f"{path}: run python -m s5cl.pipeline.generate write"
+        )
     scripts = {p.name for p in (ROOT / "stages").glob("*.py")}
     assert scripts == {f"{s.name}.py" for s in stages.STAGES}  # none left over
 
@@ -54,7 +57,7 @@ def test_generated_files_are_up_to_date():
 def test_table_facts_hold_together():
     names = [s.name for s in stages.STAGES]
     assert len(set(names)) == len(names)
-    assert tuple(s.name for s in stages.STAGES if s.phase) == stages.PHASES
+    assert tuple(s.name for s in stages.STAGES if s.phase) == PHASE_NAMES
     for stage in stages.STAGES:
         assert callable(stages.function(stage.name)), stage.run
         assert stage.multi_process == (stage.phase is not None)
@@ -66,35 +69,61 @@ def test_table_facts_hold_together():
         written |= set(stage.outputs())
 
 
-def _runtime_imports(module: str) -> set[str]:
-    """The package's files a fresh interpreter has loaded after importing the runner and
-    `module`: the oracle for modulefinder's closure (which also sees lazy imports)."""
-    code = (
-        "import importlib, json, sys; import s5cl.cli; "
-        f"importlib.import_module({module!r}); "
-        "print(json.dumps([m.__file__ for n, m in sys.modules.items() "
-        "if (n == 's5cl' or n.startswith('s5cl.')) and getattr(m, '__file__', None)]))"
+# The other packages the stages use, loaded once before the forks: what a stage module loads
+# of this package does not depend on whether they are loaded already.
+PRELOAD = "torch, torchvision, timm, sklearn.metrics, scipy.stats, pandas, matplotlib.pyplot"
+PRELOAD += ", dvclive"
+LOADED = """
+import importlib, json, os, sys
+import {preload}
+import s5cl.pipeline.runner
+found = {{}}
+for module in sys.argv[1:]:
+    read, write = os.pipe()
+    if os.fork() == 0:  # a fresh copy of this interpreter imports one stage module
+        importlib.import_module(module)
+        files = [m.__file__ for n, m in sys.modules.items()
+                 if (n == "s5cl" or n.startswith("s5cl.")) and getattr(m, "__file__", None)]
+        os.write(write, json.dumps(files).encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        found[module] = json.loads(pipe.read())
+    os.wait()
+print(json.dumps(found))
+"""
+
+
+def _runtime_imports(modules: list[str]) -> dict[str, set[str]]:
+    """Per module, the package's files an interpreter has loaded after importing the runner
+    and it: the oracle for modulefinder's closure (which also sees lazy imports)."""
+    code = LOADED.format(preload=PRELOAD)
+    out = subprocess.run(
+        [sys.executable, "-c", code, *modules], capture_output=True, text=True, check=True
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    return {Path(f).resolve().relative_to(ROOT).as_posix() for f in json.loads(out.stdout)}
+    return {
+        module: {Path(f).resolve().relative_to(ROOT).as_posix() for f in files}
+        for module, files in json.loads(out.stdout).items()
+    }
 
 
 def test_code_deps_hold_every_module_a_stage_runs():
-    for module in dict.fromkeys(s.module for s in stages.STAGES):
+    modules = list(dict.fromkeys(s.module for s in stages.STAGES))
+    for module, loaded in _runtime_imports(modules).items():
         closure = set(stages.module_files(stages.RUNNER, module))
-        loaded = _runtime_imports(module)
+        assert f"src/{module.replace('.', '/')}.py" in loaded  # the fork did import it
         assert loaded <= closure, f"{module}: not in its closure: {sorted(loaded - closure)}"
-    # lazy imports count: s5cl.stages imports s5cl.params only inside functions
-    assert "src/s5cl/params.py" in stages.module_files("s5cl.stages")
+    # lazy imports count: the s5cl command imports predict only inside a function
+    assert "src/s5cl/evaluation/predict.py" in stages.module_files("s5cl.cli")
     # and the closure is finer than the whole package
-    assert "src/s5cl/train.py" not in stages.code_deps(stages.get("download"))
+    assert "src/s5cl/training/loop.py" not in stages.code_deps(stages.get("download"))
 
 
 def test_a_new_stage_is_one_table_entry_and_its_function(project):
     """Append a toy stage to the table, add its function, regenerate: DVC has a stage that
     runs, Snakemake a rule, and the script exists; nothing else was edited."""
-    (project / "src/s5cl/stages.py").write_text(
-        (project / "src/s5cl/stages.py")
+    (project / "src/s5cl/pipeline/stages.py").write_text(
+        (project / "src/s5cl/pipeline/stages.py")
         .read_text()
         .replace("\n# The sweep's rules", TOY_ENTRY + "\n# The sweep's rules")
     )
@@ -105,7 +134,7 @@ def test_a_new_stage_is_one_table_entry_and_its_function(project):
     def in_copy(*cmd: str) -> subprocess.CompletedProcess:
         return subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True)
 
-    written = in_copy(sys.executable, "-m", "s5cl.stages", "write")
+    written = in_copy(sys.executable, "-m", "s5cl.pipeline.generate", "write")
     assert written.returncode == 0, written.stderr
     assert "dvc.yaml" in written.stdout and "stages/toy.py" in written.stdout
     toy = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]["toy"]

@@ -1,4 +1,4 @@
-"""s5cl.stats against the libraries as oracles: scikit-learn's scores, scipy's bootstrap,
+"""s5cl.evaluation.stats against the libraries as oracles: scikit-learn's scores, scipy's bootstrap,
 t interval, permutation and binomial tests, statsmodels' McNemar; on real digits predictions."""
 
 import numpy as np
@@ -11,7 +11,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.neighbors import KNeighborsClassifier
 from statsmodels.stats.contingency_tables import mcnemar
 
-from s5cl.stats import (
+from s5cl.evaluation.stats import (
     mcnemar_exact,
     mean_interval,
     paired_over_seeds,

@@ -9,8 +9,9 @@ import pytest
 import torch
 import yaml
 
+from s5cl.config.params import validate
 from s5cl.errors import UserError
-from s5cl.params import validate
+from s5cl.pipeline import stages
 
 from .conftest import ROOT, TINY, run
 
@@ -123,7 +124,7 @@ def test_presets_are_valid_params_over_params_yaml(preset: Path):
     checked = validate(params)
     assert checked.sweep.methods == ["ce", "supcon", "fixmatch", "mpl", "s5cl"]
     assert checked.augment.flip_rotate
-    assert checked.resources.of("sweep_run").gpus == 1  # one GPU per run on a cluster
+    assert stages.rule_resources(checked, "sweep_run").gpus == 1  # one GPU per run on a cluster
 
 
 @pytest.mark.parametrize(
@@ -139,7 +140,8 @@ def test_labelling_presets_are_valid_params_over_params_yaml(preset: Path):
 
 
 def test_a_cold_start_selection_then_a_simulated_round_of_suggest(project):
-    """sweep.selections and sweep.rounds, through `python -m s5cl.sweep run`: the labeled images
+    """sweep.selections and sweep.rounds, through `python -m s5cl.pipeline.sweep run`: the labeled
+    images
     chosen by k-center on the coldstart embedding, then suggest.count more chosen by margin and
     answered by the dataset's labels, retrained and scored at the larger budget."""
     config = _overlay(TINY) | {
@@ -153,7 +155,17 @@ def test_a_cold_start_selection_then_a_simulated_round_of_suggest(project):
     for section, values in config.items():
         sets += [f"--set={section}.{key}={json.dumps(v)}" for key, v in values.items()]
     out = project / "results/sweep/kcenter/s5cl/1/0"
-    cmd = ["python", "-m", "s5cl.sweep", *sets, "run", "--variant", "kcenter", "--method", "s5cl"]
+    cmd = [
+        "python",
+        "-m",
+        "s5cl.pipeline.sweep",
+        *sets,
+        "run",
+        "--variant",
+        "kcenter",
+        "--method",
+        "s5cl",
+    ]
     said = run([*cmd, "--budget", "1", "--seed", "0", "--out", str(out)], project).stdout
     assert "labeled chosen by kcenter" in said and "round 1: suggest: 10 of" in said
 
@@ -168,7 +180,7 @@ def test_a_cold_start_selection_then_a_simulated_round_of_suggest(project):
     run_json = json.loads((out / "run.json").read_text())
     assert [(r["round"], r["labeled"]) for r in run_json["rounds"]] == [(0, 10), (1, 20)]
 
-    aggregated = run(["python", "-m", "s5cl.sweep", *sets, "aggregate", "--out", "results",
+    aggregated = run(["python", "-m", "s5cl.pipeline.sweep", *sets, "aggregate", "--out", "results",
                       str(out / "run.json")], project)  # fmt: skip
     table = pd.read_csv(project / "results/summary.csv")
     assert list(zip(table["variant"], table["budget"], table["round"], strict=True)) == [

@@ -23,11 +23,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from s5cl.datasets.prepare import INDEX, prepare
-from s5cl.datasets.registry import download
-from s5cl.datasets.split import make_split
+from s5cl.config.params import DataParams, SplitParams
+from s5cl.data.packing import INDEX, pack_images
+from s5cl.data.registry import download_dataset
+from s5cl.data.splitting import make_split
 from s5cl.errors import UserError
-from s5cl.params import DataParams, SplitParams
 
 from .conftest import PBC, SHARED, TINY, needs_shared, run, write_params
 
@@ -39,7 +39,7 @@ def _cells(name: str, start: int, count: int) -> list[Path]:
 
 
 def _listed(tmp_path: Path, **data) -> pd.DataFrame:
-    return download(DataParams(name="folder", **data), tmp_path / "raw", tmp_path / "dl")
+    return download_dataset(DataParams(name="folder", **data), tmp_path / "raw", tmp_path / "dl")
 
 
 @needs_shared()
@@ -52,7 +52,7 @@ def test_a_csv_row_without_a_label_and_subset_unlabeled_are_images_without_a_lab
     manifest = _listed(tmp_path, root=str(csv))
     assert (manifest["subset"] == "unlabeled").sum() == 6
     assert set(manifest.loc[manifest["subset"] == "unlabeled", "class_name"]) == {""}
-    stats = prepare(tmp_path / "raw", tmp_path / "packed", 16, workers=1)
+    stats = pack_images(tmp_path / "raw", tmp_path / "packed", 16, workers=1)
     index = pd.read_parquet(tmp_path / "packed" / INDEX)
     assert stats["class_names"] == sorted(CLASSES) and stats["unlabeled"] == 6
     assert (index["label"] == -1).sum() == 6 and set(stats["counts"]) == {"train"}
@@ -97,9 +97,11 @@ def test_an_unlabeled_folder_beside_the_class_folders_and_unlabeled_root(tmp_pat
     (root / "todo" / "broken.jpg").write_bytes(b"not a jpeg")
     _listed(tmp_path, root=str(root), unlabeled_dir="todo")
     with pytest.raises(UserError, match=r"broken.jpg: not an image .*data.on_bad_image: skip"):
-        prepare(tmp_path / "raw", tmp_path / "packed", 16, workers=1)
+        pack_images(tmp_path / "raw", tmp_path / "packed", 16, workers=1)
     with pytest.warns(UserWarning, match="skipped 1 bad files"):
-        stats = prepare(tmp_path / "raw", tmp_path / "packed", 16, workers=1, on_bad_image="skip")
+        stats = pack_images(
+            tmp_path / "raw", tmp_path / "packed", 16, workers=1, on_bad_image="skip"
+        )
     assert stats["unlabeled"] == 3 and stats["shape"][0] == 9
 
 
@@ -200,7 +202,7 @@ def _line(output: str, stage: str) -> str:
 def _answer_as_the_page_does(project: Path, params: Path) -> list[str]:
     """Start the labelling page's server on the suggestions and answer each over HTTP with the
     cell's true class (its folder in pbc-240), as a haematologist would."""
-    from s5cl.labelling import open_session, serve
+    from s5cl.labelling.page import open_session, serve
 
     data = yaml.safe_load(params.read_text())["data"]
     session = open_session(project / "suggest/to_label.csv", project / "labels/labels.csv",

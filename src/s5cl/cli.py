@@ -1,165 +1,88 @@
-"""The command line every stage script shares: `--params params.yaml --set section.key=value`."""
+"""The `s5cl` command: `s5cl predict` classifies images with a trained model file
+(evaluation/predict.py); `s5cl backbones` lists the presets for pathology backbones
+(model/presets.py); `s5cl suggest` chooses the next images to label (the suggest stage);
+`s5cl label` serves a local page to label them (labelling/page.py)."""
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import time
-import warnings
 from pathlib import Path
 
-from s5cl import layout, stages
+from s5cl import layout
 from s5cl.errors import UserError
-from s5cl.io import cannot_write, refused_write, remove_leftovers
-from s5cl.params import load_params
+
+# The arguments live here, the work in the modules each command imports when it runs: `s5cl
+# --help` imports neither torch nor pandas (under 2 s; docs/usage.md).
 
 
-def _warning_line(message, category, filename, lineno, file=None, line=None):
-    print(f"warning: {message}", file=sys.stderr)
+def _predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="*", type=Path, help="image files")
+    parser.add_argument("--model", type=Path, default=layout.model_path("retrain"))
+    parser.add_argument("--folder", type=Path, help="classify every image under this folder")
+    parser.add_argument("--out", type=Path, help="CSV to write (default: print to stdout)")
+    parser.add_argument("--neighbours", type=int, default=3, help="nearest labeled images per row")
 
 
-DRIVERS = ("dvc", "snakemake")
+def _label_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", default="params.yaml", help="params file (its data.name)")
+    parser.add_argument("--suggestions", type=Path, default=layout.SUGGEST / layout.TO_LABEL)
+    parser.add_argument("--labels", type=Path, default=layout.LABELS_CSV, help="where answers go")
+    parser.add_argument("--port", type=int, default=8765, help="0: any free port")
 
 
-def _process(pid: int) -> tuple[list[str], int, int] | None:
-    """A process's argv, parent and start time (clock ticks since boot), from /proc; None if
-    it is gone (or this is not Linux)."""
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return argv, int(fields[1]), int(fields[19])
-
-
-def driver() -> dict | None:
-    """The dvc or snakemake process this stage runs under: its nearest ancestor by that name
-    (`python -m snakemake` too). None when run as a plain script."""
-    pid = os.getppid()
-    while pid > 1 and (found := _process(pid)) is not None:
-        argv, parent, start = found
-        for arg in argv[:3]:
-            if Path(arg).name in DRIVERS:
-                return {"driver": Path(arg).name, "pid": pid, "start": start}
-        pid = parent
-    return None
-
-
-def claim_folder() -> None:
-    """One kind of driver at a time in a project folder: `dvc repro` and `snakemake` running at
-    once would each write outputs the other's stages read, from two configs. (Two of one kind
-    are stopped by its own lock: DVC's repository lock, Snakemake's .snakemake/locks.) Each
-    stage records its driver (layout.DRIVER); a stage of the other kind, while the recorded
-    process still runs on this machine, stops with one line. A record of a process that has
-    ended is stale and replaced. Snakemake's cluster jobs each run under a snakemake of their
-    own: the same kind, so they pass."""
-    me = driver()
-    if me is None:
-        return
-    try:
-        other = json.loads(layout.DRIVER.read_text())
-    except (OSError, ValueError):
-        other = None
-    if isinstance(other, dict) and other.get("driver") != me["driver"]:
-        alive = _process(int(other.get("pid", 0)))
-        if alive is not None and alive[2] == other.get("start"):
-            raise UserError(
-                f"{other['driver']} (pid {other['pid']}) is running the pipeline in this folder; "
-                f"two drivers at once would mix their outputs: wait for it to end, or stop it "
-                f"({layout.DRIVER} records it)"
-            )
-    if other == me:
-        return  # another job of the same driver recorded it already
-    # Jobs of one Snakemake run start side by side: each writes its own file, then renames it
-    # (atomic_path would clear the other's temporary file as a killed writer's leftover).
-    mine = layout.DRIVER.with_name(f"{layout.DRIVER.name}.{os.getpid()}.tmp")
-    try:
-        mine.write_text(json.dumps(me))
-        os.replace(mine, layout.DRIVER)
-    except OSError as error:
-        raise cannot_write(layout.DRIVER, error) from None
-    finally:
-        mine.unlink(missing_ok=True)
-
-
-def _processes() -> tuple[int, str]:
-    """How many processes torchrun started (WORLD_SIZE; 1 without it), and this one's rank.
-    Read from the environment: the data stages never import torch.distributed."""
-    return int(os.environ.get("WORLD_SIZE", "1")), os.environ.get("RANK", "0")
-
-
-def remove_what_kills_left(name: str, dataset: str) -> None:
-    """A SIGKILL skips every `finally`: it can leave a temporary file beside an output and a
-    resume checkpoint whose run's model DVC then restored from its cache (so its stage never
-    ran to delete either). The stages upstream of `name` are done, so what their writers left
-    is stale: delete it, and the checkpoints whose run's model is in place."""
-    for before in stages.upstream(name):
-        for out in map(Path, stages.resolve_paths(before.outputs(), dataset)):
-            remove_leftovers(out)
-            remove_leftovers(out.parent)  # atomic_dir's of a folder holding the outputs
-    for stage in (*stages.upstream(name), stages.get(name)):  # a killed checkpoint write's
-        for leftover in layout.CHECKPOINTS.glob(f".{stage.name}-*.tmp"):
-            leftover.unlink(missing_ok=True)
-    if any(layout.CHECKPOINTS.glob("*.pt")):  # a glob: torch is loaded only if needed
-        from s5cl.resume import remove_finished
-
-        remove_finished()
-
-
-def run_stage(name: str) -> None:
-    """Parse the shared command line, validate params, run stage `name`'s function (from the
-    stage table), print its one-line summary.
-
-    A UserError ends in one line on stderr and exit code 2, not a traceback. Started by
-    torchrun, a training stage runs as one of its processes (distributed.py); rank 0 prints.
-    """
-    stage = stages.get(name)
-    parser = argparse.ArgumentParser(
-        prog=stage.script, description=f"S5CL stage {name}: {stage.doc}"
-    )
+def _suggest_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", default="params.yaml", help="params file")
+    parser.add_argument("--strategy", help="suggest.strategy (checked as params are)")
+    parser.add_argument("--count", type=int, help="suggest.count: images to suggest")
     parser.add_argument(
-        "--params", default="params.yaml", help="params file (default: %(default)s)"
+        "--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE"
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="SECTION.KEY=VALUE",
-        help="override one parameter (repeatable); the value is parsed as YAML",
+
+
+def _suggest(args: argparse.Namespace) -> None:
+    """The suggest stage with these settings (as `python stages/suggest.py --set ...`)."""
+    from s5cl.config.params import load_params
+    from s5cl.pipeline.suggest import suggest
+
+    sets = list(args.overrides)
+    if args.strategy:
+        sets.append(f"suggest.strategy={args.strategy}")
+    if args.count:
+        sets.append(f"suggest.count={args.count}")
+    print(f"s5cl suggest: {suggest(load_params(args.params, sets))}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`s5cl --help`, `s5cl predict --help` for the options."""
+    parser = argparse.ArgumentParser(prog="s5cl", description="S5CL: use a trained model")
+    commands = parser.add_subparsers(dest="command", required=True)
+    _predict_arguments(commands.add_parser("predict", help="classify images with a model file"))
+    commands.add_parser("backbones", help="list the presets for pathology backbones")
+    _suggest_arguments(commands.add_parser("suggest", help="choose the next images to label"))
+    _label_arguments(
+        commands.add_parser("label", help="label the suggested images on a local web page")
     )
-    args = parser.parse_args()
-    warnings.showwarning = _warning_line
-    start = time.perf_counter()
-    processes, rank = _processes()
+    args = parser.parse_args(argv)
     try:
-        if processes > 1 and not stage.multi_process:  # the others read or write whole files
-            multi = ", ".join(s.name for s in stages.STAGES if s.multi_process)
-            raise UserError(
-                f"{stage.script} runs as one process; start it with python, not torchrun "
-                f"(torchrun is for {multi})"
-            )
-        params = load_params(args.params, args.overrides)
-        claim_folder()
-        remove_what_kills_left(name, params.data.name)
-        summary = stages.function(name)(params)
-    except (UserError, OSError, RuntimeError) as error:
-        if not isinstance(error, UserError):  # a write refused outside atomic_path
-            refused = refused_write(error)
-            if refused is None:
-                raise
-            error = cannot_write(refused.filename or "an output", refused)
-        who = f" (rank {rank} of {processes})" if processes > 1 else ""
-        print(f"{name}{who}: error: {error}", file=sys.stderr)
+        if args.command == "predict":
+            from s5cl.evaluation import predict
+
+            predict.predict_command(args)
+        elif args.command == "suggest":
+            _suggest(args)
+        elif args.command == "label":
+            from s5cl.labelling import page
+
+            page.label_command(args)
+        else:
+            from s5cl.model import presets
+
+            print(presets.table())
+    except UserError as error:
+        print(f"s5cl {args.command}: error: {error}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:  # Ctrl-C outside a training loop (which says its step itself)
-        print(
-            f"{name}: error: stopped by Ctrl-C; its outputs are written whole or not at all, so "
-            "nothing half-made is left: rerun it",
-            file=sys.stderr,
-        )
-        sys.exit(2)
-    if summary is not None:  # None: a torchrun process other than rank 0
-        print(f"{name}: {summary} [{time.perf_counter() - start:.1f}s]")
+
+
+if __name__ == "__main__":
+    main()

@@ -15,6 +15,7 @@ import json
 import os
 import pickle
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -175,15 +176,30 @@ def read_csv(path: str | Path, **kwargs: Any) -> pd.DataFrame:
     return frame
 
 
+# Which stage writes a file, so that an error can say what remakes it. The library knows no
+# stages: the pipeline's runner installs s5cl.pipeline.stages.writer_of here (set_writer_lookup);
+# used as a library, a missing file's message says to make it again.
+_writer_of: Callable[[str | Path], Any] | None = None
+
+
+def set_writer_lookup(lookup: Callable[[str | Path], Any] | None) -> None:
+    """`lookup(path)`: the pipeline stage writing `path` (name and script), or None."""
+    global _writer_of
+    _writer_of = lookup
+
+
 def rerun_hint(path: str | Path) -> str:
     """'rerun the prepare stage (dvc repro)' for a file a stage writes; DVC and Snakemake both
     rerun a stage whose output is missing or changed."""
-    from s5cl import stages  # here: stages imports this module's users
-
-    writer = stages.writer_of(path)
+    writer = _writer_of(path) if _writer_of is not None else None
     if writer is None:
-        return "check the file"
+        return "check the file" if _writer_of is not None else "make it again"
     return f"rerun the {writer.name} stage (dvc repro, or python {writer.script})"
+
+
+def note(message: str) -> None:
+    """A line on stderr that tells what was done for the user (a stale file removed)."""
+    print(f"note: {message}", file=sys.stderr)
 
 
 def first_line(error: BaseException, limit: int = 160) -> str:
@@ -216,64 +232,3 @@ def read_json(path: str | Path) -> Any:
 
 def read_parquet(path: str | Path, columns: list[str] | None = None) -> pd.DataFrame:
     return read_input(path, lambda p: pd.read_parquet(p, columns=columns), "table")
-
-
-def save_checkpoint(path: str | Path, checkpoint: dict[str, Any]) -> None:
-    import torch  # here, not at the top: the data stages never load torch
-
-    # Through a Python file: a failed write is then an OSError with its errno (torch's own
-    # writer turns a full disk into "RuntimeError: unexpected pos").
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        torch.save(checkpoint, handle)
-
-
-MODEL_KEYS = ("model", "params", "class_names", "mean", "std", "image_size")
-
-
-def describe_checkpoint(content: Any) -> str:
-    """What a loaded .pt file holds, for a message that says what it is."""
-    import torch
-
-    if isinstance(content, torch.nn.Module):
-        return f"a pickled {type(content).__name__} module"
-    if not isinstance(content, dict):
-        return f"a {type(content).__name__}, not a dict"
-    if content and all(isinstance(v, torch.Tensor) for v in content.values()):
-        return f"a plain state dict ({len(content)} tensors)"
-    return f"a dict with keys {', '.join(sorted(map(str, content))[:6])}"
-
-
-def refused_global(error: Exception) -> str | None:
-    """What torch.load(weights_only=True) refused to build, from its message: `GLOBAL
-    posix.system` -> 'a call of posix.system'; None for bytes that are no pickle at all."""
-    import re
-
-    found = re.search(r"(?:GLOBAL|global) ([\w.]+)", str(error))
-    return f"a call of {found.group(1)}" if found else None
-
-
-def load_checkpoint(path: str | Path, hint: str | None = None) -> dict[str, Any]:
-    """A model file written by warmup, s5cl or retrain. Anything else (missing, truncated,
-    random bytes, a plain state dict) ends in one line saying what it is and what to do:
-    `hint`, else rerun the stage that writes it."""
-    import torch
-
-    path = Path(path)
-    fix = hint or rerun_hint(path)
-    if not path.exists():
-        raise UserError(f"{path}: model file missing; {fix}")
-    try:  # weights_only: tensors and plain values; a pickled object or call is refused
-        content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # other bytes raise almost anything
-        if (refused := refused_global(error)) is not None:
-            raise UserError(
-                f"{path}: holds {refused}, which a model file of this project never does; it "
-                f"was not run (docs/security.md); {fix}"
-            ) from None
-        raise UserError(f"{path}: not a readable model file ({first_line(error)}); {fix}") from None
-    if not isinstance(content, dict) or not all(key in content for key in MODEL_KEYS):
-        raise UserError(
-            f"{path}: {describe_checkpoint(content)}, not a model file of this project "
-            f"(written by warmup, s5cl or retrain, e.g. models/final.pt); {fix}"
-        )
-    return content

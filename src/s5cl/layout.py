@@ -6,7 +6,9 @@ from pathlib import Path
 SPLIT = Path("data/splits/split.parquet")
 FEATURES = Path("data/features")  # the frozen encoder's cached features (model.freeze: all)
 FEATURES_INFO = FEATURES / "features.json"  # what they were made from
-COLDSTART = Path("data/coldstart")  # the embedding split.select chooses on (s5cl.coldstart)
+COLDSTART = Path(
+    "data/coldstart"
+)  # the embedding split.select chooses on (s5cl.training.coldstart_embedding)
 LABELS = Path("labels")  # what people labeled
 LABELS_CSV = LABELS / "labels.csv"  # what s5cl label writes
 SUGGEST = Path("suggest")  # the next images to label: TO_LABEL and SHEET inside

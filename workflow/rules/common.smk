@@ -1,7 +1,7 @@
 import hashlib
 import os
 
-from s5cl.params import values_of
+from s5cl.config.params import values_of
 
 DATASET = config["data"]["name"]
 
@@ -39,13 +39,13 @@ def threads_of(rule):
     (Snakemake also caps them at --cores). Snakemake sets OMP_NUM_THREADS to this, and torch
     results depend on the thread count: torch rules default to 8 so that, like `dvc repro`,
     they use every core here and both give the same bits."""
-    return min(PARAMS.resources.of(rule).cpus, len(os.sched_getaffinity(0)))
+    return min(stages.rule_resources(PARAMS, rule).cpus, len(os.sched_getaffinity(0)))
 
 
 def resources_of(rule):
     """The rule's `resources` (params.yaml) as Snakemake resources, which the SLURM executor
     turns into sbatch options: --cpus-per-task, --mem, -t, --gpus, one node."""
-    wanted = PARAMS.resources.of(rule)
+    wanted = stages.rule_resources(PARAMS, rule)
     return {
         "cpus_per_task": wanted.cpus,
         "mem_mb": wanted.mem_mb,
@@ -57,5 +57,5 @@ def resources_of(rule):
 
 def launcher(rule):
     """python, or torchrun with one process per GPU for a training rule given several."""
-    gpus = PARAMS.resources.of(rule).gpus
+    gpus = stages.rule_resources(PARAMS, rule).gpus
     return "python" if gpus <= 1 else f"torchrun --standalone --nproc-per-node {gpus}"

@@ -1,4 +1,4 @@
-# One rule per entry of the stage table (src/s5cl/stages.py): its script and data as inputs,
+# One rule per entry of the stage table (src/s5cl/pipeline/stages.py): its script and data as inputs,
 # its outputs, metrics and plots as outputs, its cached params and one digest of its code (the
 # script and every module it runs) as the rule's params: a code edit reruns exactly the rules
 # that run it, without ~35 code files printed as inputs of every job.

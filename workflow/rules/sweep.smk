@@ -17,7 +17,7 @@ SWEEP_RUNS = [
     )
 ]
 SWEEP_STAGES = stages.sweep_stages()
-SWEEP_CODE = stages.module_files("s5cl.sweep", *(s.module for s in SWEEP_STAGES))
+SWEEP_CODE = stages.module_files("s5cl.pipeline.sweep", *(s.module for s in SWEEP_STAGES))
 
 
 rule sweep:
@@ -46,14 +46,14 @@ rule sweep_run:
     conda:
         "../envs/s5cl.yaml"
     shell:
-        'python -m s5cl.sweep --params "$S5CL_PARAMS" run --variant {wildcards.variant}'
+        'python -m s5cl.pipeline.sweep --params "$S5CL_PARAMS" run --variant {wildcards.variant}'
         " --method {wildcards.method}"
         " --budget {wildcards.budget} --seed {wildcards.seed} --out {params.out} > {log} 2>&1"
 
 
 rule sweep_aggregate:
     input:
-        stages.module_files("s5cl.sweep"),
+        stages.module_files("s5cl.pipeline.sweep"),
         runs=SWEEP_RUNS,
     output:
         [str(layout.RESULTS / name) for name in layout.SWEEP_FILES],
@@ -67,5 +67,5 @@ rule sweep_aggregate:
     conda:
         "../envs/s5cl.yaml"
     shell:
-        'python -m s5cl.sweep --params "$S5CL_PARAMS" aggregate --out results {input.runs}'
+        'python -m s5cl.pipeline.sweep --params "$S5CL_PARAMS" aggregate --out results {input.runs}'
         " > {log} 2>&1"

@@ -9,12 +9,13 @@ import pandas as pd
 import torch
 
 from s5cl import layout
-from s5cl.datasets.packed import PackedDataset
-from s5cl.device import configure
+from s5cl.config.params import Params
+from s5cl.data.packed import PackedDataset
 from s5cl.errors import UserError
-from s5cl.io import load_checkpoint, read_parquet, rerun_hint
-from s5cl.models import S5CLNet, model_from_checkpoint
-from s5cl.params import Params
+from s5cl.io import read_parquet, rerun_hint
+from s5cl.model.network import S5CLNet, model_from_checkpoint
+from s5cl.model.torch_files import load_checkpoint
+from s5cl.training.device import configure
 
 
 def open_packed(params: Params) -> PackedDataset:

@@ -1,14 +1,14 @@
-"""Stage `download`: fetch and verify the dataset, then list it (s5cl.datasets.registry)."""
+"""Stage `download`: fetch and verify the dataset, then list it (s5cl.data.registry)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from s5cl import layout, stages
-from s5cl.datasets.registry import UNLABELED
-from s5cl.datasets.registry import download as fetch_dataset
+from s5cl import layout
+from s5cl.config.params import Params, values_of
+from s5cl.data.registry import UNLABELED, download_dataset
 from s5cl.io import write_json
-from s5cl.params import Params, values_of
+from s5cl.pipeline import stages
 
 LISTED = "listed.json"  # the data.* values the manifest was listed with (checked by prepare)
 
@@ -21,7 +21,7 @@ def listed_with(params: Params) -> dict:
 def download(params: Params) -> str:
     cfg = params.data
     raw = layout.raw_dir(cfg.name)
-    manifest = fetch_dataset(cfg, raw, Path(cfg.downloads))
+    manifest = download_dataset(cfg, raw, Path(cfg.downloads))
     write_json(raw / LISTED, listed_with(params))
     subsets = manifest["subset"].value_counts()
     kinds = ("train", "val", "test", UNLABELED)

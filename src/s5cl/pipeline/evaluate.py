@@ -1,5 +1,6 @@
 """Stage `evaluate`: test-set scores with their confidence intervals, paired comparisons and
-retrieval of the three models (s5cl.metrics, s5cl.stats), and val-set scores for tuning."""
+retrieval of the three models (s5cl.evaluation.metrics, s5cl.evaluation.stats), and val-set scores
+for tuning."""
 
 from __future__ import annotations
 
@@ -9,24 +10,24 @@ import numpy as np
 import pandas as pd
 
 from s5cl import layout
-from s5cl.datasets.prepare import INDEX
-from s5cl.datasets.split import indices
-from s5cl.device import pick_device
+from s5cl.config.params import Params
+from s5cl.config.phases import EVALUATED
+from s5cl.data.packing import INDEX
+from s5cl.data.splitting import indices
 from s5cl.errors import UserError
-from s5cl.io import atomic_path, read_parquet, write_csv, write_json
-from s5cl.metrics import (
+from s5cl.evaluation.metrics import (
     classification_metrics,
     plot_confusion,
     plot_per_class_f1,
     retrieval_metrics,
 )
-from s5cl.models import embed_and_predict
-from s5cl.params import Params
+from s5cl.evaluation.stats import BOOTSTRAPPED, LEVEL, RESAMPLES, score_intervals
+from s5cl.io import atomic_path, read_parquet, write_csv, write_json
+from s5cl.model.network import embed_and_predict
 from s5cl.pipeline.common import for_inference, open_split
-from s5cl.stats import BOOTSTRAPPED, LEVEL, RESAMPLES, score_intervals
+from s5cl.training.device import pick_device
 
-# The models evaluate scores, by the name they have in its outputs, and the stage that wrote each.
-EVALUATED = {"warmup": "warmup", "s5cl": "s5cl", "final": "retrain"}
+# The models evaluate scores: config.phases.EVALUATED (their names in its outputs, and phases).
 # The paired comparisons, first − second: what each phase adds, and all of it.
 PAIRS = [("final", "warmup"), ("final", "s5cl"), ("s5cl", "warmup")]
 # Scored on the val set too: what a choice of settings may read (the test set never).

@@ -1,15 +1,15 @@
 """Stage `features`: with model.freeze: all, the frozen encoder's features of every image,
-once (s5cl.features); otherwise a note that training runs through the encoder."""
+once (s5cl.training.feature_cache); otherwise a note that training runs through the encoder."""
 
 from __future__ import annotations
 
 from s5cl import layout
-from s5cl.device import configure, pick_device
-from s5cl.features import INFO, made_from, write_features
+from s5cl.config.params import Params
 from s5cl.io import atomic_dir, write_json
-from s5cl.models import build_model
-from s5cl.params import Params
+from s5cl.model.network import build_model
 from s5cl.pipeline.common import open_packed
+from s5cl.training.device import configure, pick_device
+from s5cl.training.feature_cache import INFO, made_from, write_features
 
 
 def features(params: Params) -> str:

@@ -1,4 +1,5 @@
-"""Stage `pseudolabel`: the s5cl model's labels for the unlabeled images (s5cl.pseudo)."""
+"""Stage `pseudolabel`: the s5cl model's labels for the unlabeled images
+(s5cl.labelling.pseudo_labels)."""
 
 from __future__ import annotations
 
@@ -7,13 +8,13 @@ import warnings
 import pandas as pd
 
 from s5cl import layout
-from s5cl.datasets.split import indices
-from s5cl.device import pick_device
+from s5cl.config.params import Params
+from s5cl.data.splitting import indices
 from s5cl.io import write_json, write_parquet
-from s5cl.models import embed_and_predict
-from s5cl.params import Params
+from s5cl.labelling.pseudo_labels import pseudo_line, pseudo_summary, select_pseudo_labels
+from s5cl.model.network import embed_and_predict
 from s5cl.pipeline.common import for_inference, open_split
-from s5cl.pseudo import pseudo_line, pseudo_summary, select_pseudo_labels
+from s5cl.training.device import pick_device
 
 
 def pseudolabel(params: Params) -> str:

@@ -1,4 +1,5 @@
-"""Stage `report`: report/index.html, one self-contained page of the run (s5cl.report)."""
+"""Stage `report`: report/index.html, one self-contained page of the run
+(s5cl.evaluation.report_page)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,24 @@ from pathlib import Path
 
 import numpy as np
 
-from s5cl import layout, stages
-from s5cl.datasets.split import indices
-from s5cl.device import pick_device
+from s5cl import layout
+from s5cl.config.params import Params
+from s5cl.config.phases import EVALUATED
+from s5cl.data.splitting import indices
+from s5cl.evaluation.report_page import (
+    embedding_map,
+    pseudo_label_curve,
+    read_curves,
+    render,
+    training_curves,
+)
 from s5cl.figures import save_figure
 from s5cl.io import atomic_path, read_input, read_json, read_parquet
-from s5cl.models import embed_and_predict
-from s5cl.params import Params
+from s5cl.model.network import embed_and_predict
+from s5cl.pipeline import stages
 from s5cl.pipeline.common import for_inference, open_split
-from s5cl.pipeline.evaluate import EVALUATED, PAIRS
-from s5cl.report import embedding_map, pseudo_label_curve, read_curves, render, training_curves
+from s5cl.pipeline.evaluate import PAIRS
+from s5cl.training.device import pick_device
 
 
 def read_plot(name: str) -> bytes:

@@ -1,4 +1,4 @@
-"""Stage `split`: labeled / unlabeled / val / test roles from a seed (s5cl.datasets.split); the
+"""Stage `split`: labeled / unlabeled / val / test roles from a seed (s5cl.data.splitting); the
 labeled images drawn at random per class or chosen on the coldstart stage's embedding
 (split.select), plus those labeled by hand (split.labeled_csv)."""
 
@@ -9,14 +9,15 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from s5cl import coldstart, layout
-from s5cl.datasets.packed import PackedDataset
-from s5cl.datasets.prepare import INDEX
-from s5cl.datasets.registry import INDEX_COLUMNS
-from s5cl.datasets.split import add_labels, make_split, originals
+from s5cl import layout
+from s5cl.config.params import Params
+from s5cl.data.embedding_files import load_embedding
+from s5cl.data.packed import PackedDataset
+from s5cl.data.packing import INDEX
+from s5cl.data.registry import INDEX_COLUMNS
+from s5cl.data.splitting import add_labels, make_split, originals
 from s5cl.errors import UserError
 from s5cl.io import read_csv, read_input, read_parquet, rerun_hint, write_parquet
-from s5cl.params import Params
 
 Chooser = Callable[[np.ndarray, int], np.ndarray]
 
@@ -73,9 +74,9 @@ def training_pool(params: Params) -> np.ndarray:
 def coldstart_chooser(params: Params, n_classes: int) -> Chooser:
     """split.select's choice of `budget` rows of the pool, on the coldstart stage's embedding
     (n_classes: how many classes there are, for probcover; no image's class is read)."""
-    from s5cl.selection import select  # scikit-activeml: imported only when asked for
+    from s5cl.labelling.selection import select  # scikit-activeml: imported only when asked for
 
-    rows, embedding = coldstart.load()
+    rows, embedding = load_embedding()
 
     def choose(pool: np.ndarray, budget: int) -> np.ndarray:
         if not np.array_equal(np.sort(pool), np.sort(rows)):

@@ -6,15 +6,15 @@ from __future__ import annotations
 import numpy as np
 
 from s5cl import layout
-from s5cl.datasets.prepare import INDEX
-from s5cl.datasets.split import originals
-from s5cl.device import pick_device
+from s5cl.config.params import Params
+from s5cl.data.packing import INDEX
+from s5cl.data.splitting import originals
 from s5cl.io import atomic_dir, read_parquet, write_csv
-from s5cl.models import embed_and_predict
-from s5cl.params import Params
+from s5cl.labelling.selection import select
+from s5cl.labelling.suggestion_files import SHEET, TO_LABEL, contact_sheet, to_label_table
+from s5cl.model.network import embed_and_predict
 from s5cl.pipeline.common import for_inference, open_split
-from s5cl.selection import select
-from s5cl.suggestions import SHEET, TO_LABEL, contact_sheet, to_label_table
+from s5cl.training.device import pick_device
 
 
 def suggest(params: Params, model_stage: str = "retrain") -> str:

@@ -1,1 +1,0 @@
-"""Datasets: the registry (download), decoding into a packed memmap (prepare), splits, streams."""
