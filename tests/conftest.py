@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,7 +56,12 @@ def make_project(dest: Path) -> Path:
 
 def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"}
+    start = time.perf_counter()
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if os.environ.get("S5CL_TEST_TIMES"):  # where the suite's time goes: one line a command
+        test = os.environ.get("PYTEST_CURRENT_TEST", "").split(" ")[0]
+        with open(os.environ["S5CL_TEST_TIMES"], "a") as log:
+            log.write(f"{time.perf_counter() - start:.1f}\t{test}\t{shlex.join(map(str, cmd))}\n")
     if check and result.returncode != 0:
         raise AssertionError(
             f"{cmd} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from s5cl.data.packing import IMAGES, INDEX, STATS
 from s5cl.errors import UserError
 from s5cl.io import read_input, read_json, read_parquet, rerun_hint
+
+if TYPE_CHECKING:  # torch only where batches go to a device: the split stage never loads it
+    import torch
 
 
 @dataclass
@@ -53,6 +56,8 @@ class PackedDataset:
     def batch(self, indices: np.ndarray | torch.Tensor, device: torch.device) -> torch.Tensor:
         """Rows `indices` as a B x 3 x H x W uint8 tensor on `device`: one gather from the
         memmap, uint8 over the bus (4x less than float), pinned for an asynchronous copy."""
+        import torch
+
         block = torch.from_numpy(self.images[np.asarray(indices)])
         if device.type == "cuda":
             block = block.pin_memory()

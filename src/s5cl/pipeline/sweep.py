@@ -29,7 +29,6 @@ from s5cl import layout
 from s5cl.config.params import Params, load_params
 from s5cl.data.packing import INDEX
 from s5cl.errors import UserError
-from s5cl.evaluation.sweep_summary import collect, comparisons, markdown, plot, plot_by_budget
 from s5cl.io import atomic_path, read_csv, read_json, write_csv, write_json
 from s5cl.labelling.oracle import answer_with_known_labels
 from s5cl.pipeline import stages
@@ -143,6 +142,15 @@ def aggregate(params_file: Path, sets: list[str], run_files: list[Path], out: Pa
     """results/summary.csv (one row per run), comparisons.csv (the paired differences),
     summary.md (both as tables to paste) and the figures (PNG and SVG: the budget curve, and
     per budget the methods with error bars), from the runs' outputs."""
+    # here, not at the top: a run's own process needs none of it (matplotlib, scipy)
+    from s5cl.evaluation.sweep_summary import (
+        collect,
+        comparisons,
+        markdown,
+        plot,
+        plot_by_budget,
+    )
+
     params = load_params(params_file, sets)
     table, right = collect(run_files, params.sweep.variant_names())
     metric = params.sweep.metric
