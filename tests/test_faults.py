@@ -881,11 +881,12 @@ def test_a_file_that_would_run_code_is_refused_wherever_it_is_read(env, capsys, 
     checkpoint, removes it and starts over), and the call never runs."""
     from s5cl.config.params import load_params
     from s5cl.pipeline import stages
-    from s5cl.training.resume import Resume, fingerprint
+    from s5cl.pipeline.training_stages import run_fingerprint
+    from s5cl.training.resume import Resume
 
     marker = tmp_path / "the-payload-ran"
     params = load_params("params.yaml", [])
-    own = Resume("warmup", 1, fingerprint(stages.get("warmup"), params)).path
+    own = Resume("warmup", 1, run_fingerprint(stages.get("warmup"), params)).path
     (env.project / "models/warmup.pt").unlink()  # a killed run: a checkpoint and no model
     _crafted(own, marker)  # the checkpoint warmup's next run would continue from
     ran = stage("warmup", capsys)
@@ -896,7 +897,7 @@ def test_a_file_that_would_run_code_is_refused_wherever_it_is_read(env, capsys, 
     for name in ("warmup", "s5cl", "final"):
         _crafted(env.project / f"models/{name}.pt", marker)
     _crafted(env.project / "checkpoints/s5cl-000000000000.pt", marker)  # a leftover
-    assert stage("download", capsys).code == 0  # remove_finished reads the models first
+    assert stage("download", capsys).code == 0  # the runner's leftover check reads the models first
     reads = {"s5cl": "warmup", "pseudolabel": "s5cl", "retrain": "s5cl", "evaluate": "warmup",
              "report": "retrain", "suggest": "retrain"}  # fmt: skip
     for name, writer in reads.items():
