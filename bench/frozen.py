@@ -138,7 +138,7 @@ def measure(args: argparse.Namespace, images: int, work: Path) -> None:
         the images (the model's encoder is frozen either way)."""
         params = params_for(args.quick, tree, args.views, count, freeze)
         objective = make_objective(stage.phase, model, params, data.num_classes, targets)
-        return lambda: train(stage, objective, params, data, split, NoLog(), None)
+        return lambda: train(stage.phase, objective, params, data, split, NoLog(), None)
 
     cache_steps = 20
     through, from_cache = [], []

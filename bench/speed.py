@@ -248,7 +248,7 @@ def our_training(
     )
 
     def run(steps: int) -> None:
-        train(stage, objective, params_for(steps), data, split, NoLog(), None)  # no checkpoints
+        train(stage.phase, objective, params_for(steps), data, split, NoLog(), None)  # no checkpoints
 
     return run
 

@@ -176,8 +176,13 @@ def _p(value: float) -> str:
     return "–" if np.isnan(value) else f"{value:.2g}"
 
 
-def markdown(table: pd.DataFrame, compared: pd.DataFrame, metric: str, metrics: tuple[str, ...],
-             methods: list[str]) -> str:  # fmt: skip
+def markdown(
+    table: pd.DataFrame,
+    compared: pd.DataFrame,
+    metric: str,
+    metrics: tuple[str, ...],
+    methods: list[str],
+) -> str:
     """The scores per variant, budget and method (mean ± std over seeds, and the 95% interval
     of the mean of `metric`), then the paired differences, with what is significant marked."""
     kind = table["budget_kind"].iloc[0]
@@ -221,14 +226,35 @@ def markdown(table: pd.DataFrame, compared: pd.DataFrame, metric: str, metrics: 
             f"{smallest_sign_flip_p(seeds):.2g}); the t-test's p assumes normal differences, "
             "and the pooled McNemar treats the seeds' test images as one sample.",
         ]
-    head = ["variant", "labels", "method", "against", "seeds", "Δ test", "sign-flip p", "t p",
-            "McNemar b/c, p", "Δ val", "significant"]  # fmt: skip
+    head = [
+        "variant",
+        "labels",
+        "method",
+        "against",
+        "seeds",
+        "Δ test",
+        "sign-flip p",
+        "t p",
+        "McNemar b/c, p",
+        "Δ val",
+        "significant",
+    ]
     lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for _, c in compared.iterrows():
-        marks = [name for name, key in (("McNemar", "pooled_mcnemar_p"), ("t", "test_t_p"),
-                 ("sign-flip", "test_sign_flip_p")) if c.get(key, np.nan) < 0.05]  # fmt: skip
-        val = (_interval(c["val_diff"], c["val_diff_low"], c["val_diff_high"], points=True)
-               if "val_diff" in c and not np.isnan(c["val_diff"]) else "–")  # fmt: skip
+        marks = [
+            name
+            for name, key in (
+                ("McNemar", "pooled_mcnemar_p"),
+                ("t", "test_t_p"),
+                ("sign-flip", "test_sign_flip_p"),
+            )
+            if c.get(key, np.nan) < 0.05
+        ]
+        val = (
+            _interval(c["val_diff"], c["val_diff_low"], c["val_diff_high"], points=True)
+            if "val_diff" in c and not np.isnan(c["val_diff"])
+            else "–"
+        )
         lines.append(
             f"| {c['variant']} | {budget_label(kind, c['budget'])} | {c['method']} | "
             f"{c['against']} | {int(c['test_n'])} | "
@@ -262,17 +288,34 @@ def plot(
         rows = rows.droplevel(["variant", "method"]).sort_index()
         label = method if len(variants) == 1 else f"{method} ({variant})"
         colour = by_variant[variant] if one_method else colours.get(method)
-        ax.plot(rows.index, rows[(metric, "mean")], marker="o", label=label,
-                color=colour, linestyle=styles[variant])  # fmt: skip
+        ax.plot(
+            rows.index,
+            rows[(metric, "mean")],
+            marker="o",
+            label=label,
+            color=colour,
+            linestyle=styles[variant],
+        )
         if rows[(metric, "low")].notna().any():
-            ax.fill_between(rows.index, rows[(metric, "low")], rows[(metric, "high")],
-                            color=colour, alpha=0.1, linewidth=0)  # fmt: skip
+            ax.fill_between(
+                rows.index,
+                rows[(metric, "low")],
+                rows[(metric, "high")],
+                color=colour,
+                alpha=0.1,
+                linewidth=0,
+            )
     for method, points in (reference or {}).items():
         points = sorted(points.items())
         ax.plot(
-            [b for b, _ in points], [v for _, v in points], linestyle="--", marker="x",
-            color=colours.get(method), alpha=0.6, label=f"{method} (paper)",
-        )  # fmt: skip
+            [b for b, _ in points],
+            [v for _, v in points],
+            linestyle="--",
+            marker="x",
+            color=colours.get(method),
+            alpha=0.6,
+            label=f"{method} (paper)",
+        )
     budgets = sorted(table["budget"].unique())
     if kind == "label_fraction" or (len(budgets) > 2 and budgets[-1] / budgets[0] > 20):
         ax.set_xscale("log")
@@ -300,9 +343,12 @@ def plot_by_budget(table: pd.DataFrame, metric: str, methods: list[str], stem: P
     variants = table["variant"].nunique() > 1
     labels = [f"{m} ({v})" if variants else m for v, m in shown]
     fig, axes = plt.subplots(
-        1, len(budgets), figsize=(1.2 + 0.9 * len(shown) * len(budgets), 3.8), sharey=True,
+        1,
+        len(budgets),
+        figsize=(1.2 + 0.9 * len(shown) * len(budgets), 3.8),
+        sharey=True,
         squeeze=False,
-    )  # fmt: skip
+    )
     for ax, budget in zip(axes[0], budgets, strict=True):
         for x, (variant, method) in enumerate(shown):
             if (variant, budget, method) not in summary.index:
@@ -311,8 +357,11 @@ def plot_by_budget(table: pd.DataFrame, metric: str, methods: list[str], stem: P
             mean, low, high = (row[(metric, k)] for k in ("mean", "low", "high"))
             error = [[mean - low], [high - mean]] if not np.isnan(low) else None
             ax.errorbar(x, mean, yerr=error, fmt="o", capsize=4, color="black")
-            runs = table[(table["variant"] == variant) & (table["budget"] == budget)
-                         & (table["method"] == method)][metric]  # fmt: skip
+            runs = table[
+                (table["variant"] == variant)
+                & (table["budget"] == budget)
+                & (table["method"] == method)
+            ][metric]
             ax.scatter(np.full(len(runs), x + 0.18), runs, s=10, color="tab:blue", alpha=0.6)
         ax.set_xticks(range(len(shown)), labels, rotation=45, ha="right")
         ax.set_title(budget_label(kind, budget) + (" labels" if kind == "labels_per_class" else ""))

@@ -160,12 +160,14 @@ def aggregate(params_file: Path, sets: list[str], run_files: list[Path], out: Pa
         write_csv(table, tmp)
     with atomic_path(out / "comparisons.csv") as tmp:
         write_csv(compared, tmp)
-    metrics = tuple(dict.fromkeys((metric, "accuracy", "macro_f1", "weighted_f1",
-                                   "knn_accuracy", "precision_at_k")))  # fmt: skip
+    metrics = tuple(
+        dict.fromkeys(
+            (metric, "accuracy", "macro_f1", "weighted_f1", "knn_accuracy", "precision_at_k")
+        )
+    )
     with atomic_path(out / "summary.md") as tmp:
         tmp.write_text(markdown(table, compared, metric, metrics, list(params.sweep.methods)))
-    plot(table, metric, list(params.sweep.methods), out / "budget_curve",
-         params.sweep.reference)  # fmt: skip
+    plot(table, metric, list(params.sweep.methods), out / "budget_curve", params.sweep.reference)
     plot_by_budget(table, metric, list(params.sweep.methods), out / "by_budget")
     return table
 

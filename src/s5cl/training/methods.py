@@ -21,6 +21,7 @@ per-rank means (CE, MPL's h) average to the global ones.
 from __future__ import annotations
 
 import copy
+import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,13 +29,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from s5cl.config.params import Params, SupervisedParams
+from s5cl.config.params import Method, Params, SupervisedParams
 from s5cl.config.phases import Phase
 from s5cl.model.network import S5CLNet
 from s5cl.training import distributed
 from s5cl.training.losses import S5CLLoss
 
-METHODS = ("ce", "supcon", "s5cl", "fixmatch", "mpl")
+METHODS = typing.get_args(Method)  # the names params.yaml accepts (config.params)
 
 
 def optimizer_for(model: S5CLNet, cfg: SupervisedParams) -> torch.optim.Optimizer:
