@@ -248,7 +248,9 @@ def our_training(
     )
 
     def run(steps: int) -> None:
-        train(stage.phase, objective, params_for(steps), data, split, NoLog(), None)  # no checkpoints
+        train(
+            stage.phase, objective, params_for(steps), data, split, NoLog(), None
+        )  # no checkpoints
 
     return run
 

@@ -630,7 +630,9 @@ class Params(Section):
     seed: int = Field(
         0, ge=0, le=SEED_MAX, description="seed of the split and of every training RNG"
     )
-    method: Method = Field("s5cl", description="what the training phases minimise (methods.py)")
+    method: Method = Field(
+        "s5cl", description="what the training phases minimise (s5cl.training.methods)"
+    )
     data: DataParams = DataParams()
     split: SplitParams = SplitParams()
     model: ModelParams = ModelParams()

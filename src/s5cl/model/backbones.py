@@ -8,7 +8,7 @@ frozen.
                    mean of the patch tokens, as Virchow2 and Midnight are used)
     model.freeze   none | all | all_but_last_<N> (blocks of a ViT, layers of a ResNet)
 
-An encoder maps B x 3 x H x W images to B x F features (F: `feature_dim`); S5CLNet (models.py)
+An encoder maps B x 3 x H x W images to B x F features (F: `feature_dim`); S5CLNet (network.py)
 puts the embedder and classifier on top. The presets for published pathology backbones are in
 s5cl.model.presets (`s5cl backbones` lists them).
 """

@@ -97,7 +97,8 @@ def run_stage(name: str) -> None:
     stage table), print its one-line summary.
 
     A UserError ends in one line on stderr and exit code 2, not a traceback. Started by
-    torchrun, a training stage runs as one of its processes (distributed.py); rank 0 prints.
+    torchrun, a training stage runs as one of its processes (s5cl.training.distributed); rank 0
+    prints.
     """
     stage = stages.get(name)
     parser = argparse.ArgumentParser(

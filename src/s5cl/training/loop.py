@@ -4,7 +4,7 @@ One step draws an m-per-class labeled batch and (when the objective uses them) a
 batch, makes a weak and a strong view of every image on the device, and hands the views to the
 method's objective (methods.py), which computes its loss and updates the model. With a
 frozen encoder (model.freeze: all) the views are the features stage's cached encoder features
-of views of the same images (features.py), and the objective's network skips its encoder.
+of views of the same images (feature_cache.py), and the objective's network skips its encoder.
 For S5CL, what the unlabeled images are pulled towards is the only difference between phases:
 
     warmup   no unlabeled stream                       (SupCon_l + CE)

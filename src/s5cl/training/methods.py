@@ -1,4 +1,4 @@
-"""The methods the sweep compares, as objectives that the one training loop (train.py) calls.
+"""The methods the sweep compares, as objectives that the one training loop (loop.py) calls.
 
 Every method sees the same batches (m-per-class labeled, a stream of unlabeled), the same weak
 and strong views and the same network; only what a step minimises differs:

@@ -7,12 +7,13 @@ both batch streams, the metrics logged so far, and the fingerprint of what the r
 stage resumes the checkpoint of its own fingerprint and no other, and removes the others
 (they are of runs with other params or inputs, which a run never mixes in). The finished stage
 deletes its own; a checkpoint whose run's model is in place anyway (DVC restored it from its
-cache, so the stage never ran) is removed by the next stage that runs (`remove_finished`).
-Nothing a killed run leaves behind ever stops a rerun.
+cache, so the stage never ran) is removed before the next stage runs
+(s5cl.pipeline.leftovers). Nothing a killed run leaves behind ever stops a rerun.
 
-The fingerprint is the params the stage depends on and the md5 of its inputs, both as its
-entry in the stage table declares them (s5cl.pipeline.stages; dvc.yaml lists the same), so a changed
-split or warm-up model is caught too, and the number of processes (torchrun): each has its own
+The fingerprint is given by the caller: the pipeline's training stages use the params the
+stage is cached on and the md5 of its inputs, as its entry in the stage table declares them
+(s5cl.pipeline.training_stages.run_fingerprint; dvc.yaml lists the same), so a changed split or
+warm-up model is caught too, and the number of processes (torchrun): each has its own
 augmentation RNG, all saved by rank 0.
 """
 
