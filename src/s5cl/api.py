@@ -28,6 +28,7 @@ import pandas as pd
 from s5cl.config.params import Params, validate
 from s5cl.config.phases import PHASE_NAMES, phase
 from s5cl.data.packed import PackedDataset
+from s5cl.data.packing import ChannelHistogram
 from s5cl.data.splitting import ROLES, indices
 from s5cl.errors import UserError
 from s5cl.evaluation.metrics import classification_metrics, retrieval_metrics
@@ -63,7 +64,8 @@ def in_memory(
 ) -> PackedDataset:
     """A dataset the training loop reads, from uint8 images in memory: N x H x W x 3, or N x H
     x W grey (repeated to three channels). Square images, as prepare makes them. The
-    normalisation is the mean and std of every pixel of every image, per channel."""
+    normalisation is the mean and std of every pixel of every image, per channel, counted as
+    prepare counts them."""
     images = np.asarray(images)
     if images.dtype != np.uint8:
         raise UserError(f"images: uint8 expected (0..255), got {images.dtype}")
@@ -77,9 +79,9 @@ def in_memory(
     names = [str(c) for c in (class_names or range(int(labels.max()) + 1))]
     if labels.min() < -1 or labels.max() >= len(names):
         raise UserError(f"labels must be -1 (none) or 0..{len(names) - 1}")
-    pixels = images.reshape(-1, 3) / 255.0
-    mean, std = pixels.mean(0).round(6).tolist(), pixels.std(0).round(6).tolist()
-    return PackedDataset(np.ascontiguousarray(images), labels, names, mean, std)
+    histogram = ChannelHistogram()  # prepare's exact per-channel mean and std
+    histogram.add(images)
+    return PackedDataset(np.ascontiguousarray(images), labels, names, *histogram.mean_std())
 
 
 def split_roles(

@@ -172,7 +172,7 @@ def _array_images(manifest: pd.DataFrame, raw_dir: Path, size: int) -> Iterator[
             raise UserError(f"{path}: fewer rows than the manifest lists; rerun the download")
 
 
-class _ChannelHistogram:
+class ChannelHistogram:
     """Per-channel counts of each value 0..255: exact, order-independent mean/std in 3 KB."""
 
     def __init__(self) -> None:
@@ -240,7 +240,7 @@ def pack_images(
     widths, heights = np.zeros(len(manifest), int), np.zeros(len(manifest), int)
     skipped: list[tuple[str, str]] = []
     several: list[tuple[str, int]] = []  # images of more than one frame: (source, frames)
-    sums = _ChannelHistogram()
+    sums = ChannelHistogram()
     with atomic_dir(out_dir) as tmp:
         row = 0
         with (
