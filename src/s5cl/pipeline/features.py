@@ -6,18 +6,19 @@ from __future__ import annotations
 from s5cl import layout
 from s5cl.config.params import Params
 from s5cl.io import atomic_dir, write_json
-from s5cl.model.network import build_model
-from s5cl.pipeline.common import open_packed
-from s5cl.training.device import configure, pick_device
-from s5cl.training.feature_cache import INFO, made_from, write_features
 
 
 def features(params: Params) -> str:
     cfg = params.model
     with atomic_dir(layout.FEATURES) as folder:
-        if not cfg.from_features:
-            write_json(folder / INFO, {"used": False, "freeze": cfg.freeze})
+        if not cfg.from_features:  # the default: a note, without loading torch (seconds)
+            write_json(folder / layout.FEATURES_INFO.name, {"used": False, "freeze": cfg.freeze})
             return f"not used (model.freeze is {cfg.freeze}: training runs through the encoder)"
+        from s5cl.model.network import build_model
+        from s5cl.pipeline.common import open_packed
+        from s5cl.training.device import configure, pick_device
+        from s5cl.training.feature_cache import INFO, made_from, write_features
+
         data = open_packed(params)
         device = pick_device()
         # The encoder the training phases will build: same params, same seed.
