@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
@@ -13,10 +14,24 @@ from pathlib import Path
 
 import pytest
 
+from .kills import Kill, kill_during, summarise_rerun
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
 PBC = SHARED / "pbc-240"
 VENV_BIN = Path(sys.executable).parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest first: the `slow(seconds)` tests by their time, then the quick ones in file
+    order. pytest-xdist hands each worker one test at a time (pyproject's addopts), so the
+    long ones run side by side while the short ones fill the gaps at the end."""
+
+    def seconds(item: pytest.Item) -> float:
+        slow = item.get_closest_marker("slow")
+        return slow.args[0] if slow else 0
+
+    items.sort(key=seconds, reverse=True)  # stable: file order among equals
 
 
 def needs_shared() -> pytest.MarkDecorator:
@@ -119,18 +134,68 @@ TINY = {
 @dataclass(frozen=True)
 class TinyRun:
     project: Path  # never changed: tests work in their own copy (copy_project)
-    stdout: str  # what `dvc repro` printed
-    stderr: str  # progress bars, warnings
+    stdout: str  # what every `dvc repro` printed, one after the other (killed ones too)
+    last: str  # what the last one, which finished, printed on stdout
+    stderr: str  # its progress bars, warnings
+    kills: list[Kill]  # the SIGKILLs, each with what was running when it landed
+    said: list[str]  # what each killed `dvc repro` printed, summarised (tests/kills.py)
+    attempts: int  # plain `dvc repro` runs after the last kill until one finished
+    rerun: str  # what the one that finished printed, summarised
+
+
+KILLS = (("prepare", 0.5), ("warmup", 0.1), ("s5cl", 0.1), ("retrain", 0.0))
 
 
 @pytest.fixture(scope="session")
-def tiny_repro(tmp_path_factory) -> TinyRun:
-    """One `dvc repro` of the TINY config in a fresh project, shared by the tests that need a
-    whole run (the docs' commands, the end-to-end tests)."""
-    project = make_project(tmp_path_factory.mktemp("tiny") / "project")
-    write_params(project, TINY)
-    ran = run(["dvc", "repro"], project)
-    return TinyRun(project, ran.stdout, ran.stderr)
+def tiny_repro(tmp_path_factory, worker_id) -> TinyRun:
+    """The TINY config's run, shared by the tests that need a whole one (the docs' commands,
+    the end-to-end tests), made the hard way: `dvc repro` killed with SIGKILL in a data stage
+    and in each training stage right after its first checkpoint (each kill in the rerun of the
+    one before), then plain `dvc repro` until done. test_pipeline_e2e.py checks the kills and
+    that the results equal an uninterrupted run's bit for bit. Made once a session: whichever
+    pytest-xdist worker asks first makes it, the others wait for it and read it."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if worker_id != "master":  # xdist: each worker has its own basetemp under the session's
+        shared = shared.parent
+    folder, record = shared / "tiny", shared / "tiny" / "run.json"
+    with FileLock(shared / "tiny.lock"):
+        if not record.exists():
+            folder.mkdir()
+            project = make_project(folder / "project")
+            write_params(project, {**TINY, "checkpoint.every": 1})  # not a cache key
+            logs, kills, said = [], [], []
+            for stage, at in KILLS:
+                kill = Kill(stage, at)
+                if not kill_during(project, kill, ["dvc", "repro"]):
+                    kill.landed = "nothing: the run ended first"
+                logs.append((project / ".kill.log").read_text())
+                kills.append(kill)
+                said.append(summarise_rerun(logs[-1]))
+            (project / ".kill.log").unlink()
+            for attempts in range(1, 4):  # more than one is a failure, reported
+                done = run(["dvc", "repro"], project, check=attempts == 3)
+                logs.append(done.stdout)
+                if done.returncode == 0:
+                    break
+            write_params(project, {"checkpoint.every": _default("checkpoint.every")})
+            kept = {"kills": [vars(k) for k in kills], "said": said, "attempts": attempts}
+            kept |= {"logs": logs, "stderr": done.stderr}
+            kept["rerun"] = summarise_rerun(done.stdout + done.stderr)
+            record.write_text(json.dumps(kept))
+    kept = json.loads(record.read_text())
+    return TinyRun(folder / "project", "".join(kept["logs"]), kept["logs"][-1],
+                   kept["stderr"], [Kill(**k) for k in kept["kills"]], kept["said"],
+                   kept["attempts"], kept["rerun"])  # fmt: skip
+
+
+def _default(dotted: str):
+    """A param's value in the project's params.yaml."""
+    import yaml
+
+    section, key = dotted.split(".")
+    return yaml.safe_load((ROOT / "params.yaml").read_text())[section][key]
 
 
 def copy_project(tiny: TinyRun, dest: Path) -> Path:

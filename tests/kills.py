@@ -1,7 +1,8 @@
 """SIGKILL `dvc repro` at chosen moments, rerun plain `dvc repro` until it is done, compare.
 
-Used by tests/test_pipeline_e2e.py (one kill in each training stage and one in a data stage),
-and as a command for many kills at random moments:
+Used by tests/conftest.py (the suite's shared run: one kill in each training stage and one in
+a data stage; test_pipeline_e2e.py checks them), and as a command for many kills at random
+moments:
 
     python -m tests.kills PROJECT --kills 12 --seed 0
 

@@ -18,6 +18,7 @@ from s5cl.errors import UserError
 from .conftest import ROOT, TinyRun
 
 
+@pytest.mark.slow(30)
 def test_the_docs_example_runs_s5cl_on_digits_in_memory():
     page = (ROOT / "docs/api.md").read_text()
     blocks = re.findall(r"```python\n(.*?)```", page, re.S)

@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import PBC, ROOT, needs_shared
 
 
@@ -33,6 +35,7 @@ def test_prepare_scaling_quick_mode_prints_its_table_of_the_data_s5cl_shared_dat
     assert rows["ratio"][1] == "16"
 
 
+@pytest.mark.slow(95)
 @needs_shared()
 def test_the_gpu_check_smoke_runs_every_part_on_the_cpu(tmp_path):
     """bench/gpu_check.py --smoke: the gpu tests on the CPU, the whole pipeline, speed.py's and

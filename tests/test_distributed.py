@@ -85,6 +85,7 @@ def _worker(rank: int, world: int, folder: str) -> None:
 TOLERANCE = {torch.float64: (1e-12, 1e-9), torch.float32: (1e-4, 1e-1)}
 
 
+@pytest.mark.slow(35)
 def test_two_gloo_processes_give_the_loss_and_gradients_of_one_process_on_the_whole_batch(
     tmp_path: Path,
 ):
@@ -175,6 +176,7 @@ def _copy(warmed_up: Path, tmp_path: Path, method: str) -> Path:
     return project
 
 
+@pytest.mark.slow(40)
 def test_torchrun_trains_the_s5cl_stage_logs_once_and_resumes_exactly_after_a_kill(
     warmed_up, tmp_path
 ):

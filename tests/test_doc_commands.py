@@ -21,6 +21,7 @@ import subprocess
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from .conftest import PBC, ROOT, SHARED, VENV_BIN, copy_project, needs_shared, run
 
@@ -89,6 +90,7 @@ def _queued(project: Path) -> list[str]:
     return re.findall(r"^\w+\s+(\S+)\s+.*Queued", status, re.M)
 
 
+@pytest.mark.slow(330)
 @needs_shared()
 def test_the_documented_commands_run_as_written(tiny_repro, tmp_path):
     project = copy_project(tiny_repro, tmp_path / "project")  # `dvc repro` of TINY, done

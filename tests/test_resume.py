@@ -55,7 +55,7 @@ def _checkpoints(project: Path, stage: str) -> list[Path]:
 def test_every_method_resumes_to_the_same_bits(project, monkeypatch, method):
     """In-process, so all five methods are cheap: objectives with a teacher (MPL) or their own
     optimizers must carry every piece of state through a checkpoint."""
-    write_params(project, {**RESUMABLE, "s5cl.steps": 8, "s5cl.eval_every": 3})
+    write_params(project, {**RESUMABLE, "warmup.steps": 4, "s5cl.steps": 8, "s5cl.eval_every": 3})
     sets = (f"method={method}",)
     in_process(project, monkeypatch, "download", "prepare", "split", "warmup", sets=sets)
     in_process(project, monkeypatch, "s5cl", sets=sets)
@@ -69,6 +69,7 @@ def test_every_method_resumes_to_the_same_bits(project, monkeypatch, method):
     assert _results(project, "s5cl") == uninterrupted
 
 
+@pytest.mark.slow(25)
 def test_nan_stops_with_its_step_and_no_checkpoint_ever_blocks_a_rerun(project, monkeypatch):
     write_params(project, {**RESUMABLE, "checkpoint.every": 1})
     in_process(project, monkeypatch, "download", "prepare", "split")

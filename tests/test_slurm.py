@@ -50,6 +50,7 @@ def _watch_queue(cluster: SlurmCluster, seen: list[str], done: threading.Event) 
         seen.extend(line for line in listed.stdout.splitlines() if line not in seen)
 
 
+@pytest.mark.slow(75)
 def test_the_sweep_submits_each_job_with_sbatch_to_a_real_slurm_cluster(project, cluster):
     profile = project / "profiles" / "slurm-without-accounting"
     profile.mkdir(parents=True)

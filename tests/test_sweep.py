@@ -26,6 +26,7 @@ def _overlay(overrides: dict) -> dict:
     return tree
 
 
+@pytest.mark.slow(85)
 def test_snakemake_sweep_runs_each_variant_method_budget_and_seed_once_then_compares(project):
     config = _overlay(TINY) | {
         "sweep": {
@@ -65,6 +66,8 @@ def test_snakemake_sweep_runs_each_variant_method_budget_and_seed_once_then_comp
         assert (project / f"results/sweep/{variant}/{method}/2/{seed}/models/final.pt").exists()
         log = project / f"logs/sweep/{variant}/{method}/2/{seed}.log"
         assert log.read_text().count("evaluate:") == 1
+    said = (project / "logs/sweep/base/ce/2/0.log").read_text()
+    assert "pseudolabel: diagnostic only (ce's retrain does not use them): kept" in said
     again = run(sweep, project)
     assert "Nothing to be done" in again.stdout + again.stderr
 
@@ -139,6 +142,7 @@ def test_labelling_presets_are_valid_params_over_params_yaml(preset: Path):
     assert f"--configfile workflow/presets/labelling/{preset.name}" in preset.read_text()
 
 
+@pytest.mark.slow(35)
 def test_a_cold_start_selection_then_a_simulated_round_of_suggest(project):
     """sweep.selections and sweep.rounds, through `python -m s5cl.pipeline.sweep run`: the labeled
     images
