@@ -248,9 +248,8 @@ def our_training(
     )
 
     def run(steps: int) -> None:
-        train(
-            stage.phase, objective, params_for(steps), data, split, NoLog(), None
-        )  # no checkpoints
+        # no checkpoints (the last argument)
+        train(stage.phase, objective, params_for(steps), data, split, NoLog(), None)
 
     return run
 

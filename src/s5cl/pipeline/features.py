@@ -11,13 +11,14 @@ from s5cl.io import atomic_dir, write_json
 def features(params: Params) -> str:
     cfg = params.model
     with atomic_dir(layout.FEATURES) as folder:
+        info_file = folder / layout.FEATURES_INFO.name
         if not cfg.from_features:  # the default: a note, without loading torch (seconds)
-            write_json(folder / layout.FEATURES_INFO.name, {"used": False, "freeze": cfg.freeze})
+            write_json(info_file, {"used": False, "freeze": cfg.freeze})
             return f"not used (model.freeze is {cfg.freeze}: training runs through the encoder)"
         from s5cl.model.network import build_model
         from s5cl.pipeline.common import open_packed
         from s5cl.training.device import configure, pick_device
-        from s5cl.training.feature_cache import INFO, made_from, write_features
+        from s5cl.training.feature_cache import made_from, write_features
 
         data = open_packed(params)
         device = pick_device()
@@ -33,7 +34,7 @@ def features(params: Params) -> str:
             "dim": model.embedder.in_features,
             "dtype": "float16",
         }
-        write_json(folder / INFO, info)
+        write_json(info_file, info)
     return (
         f"{images} images x ({cfg.feature_views} weak + {cfg.feature_views} strong views + "
         f"plain): {passes} batches through {cfg.arch}, {model.embedder.in_features} features "
