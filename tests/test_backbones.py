@@ -12,11 +12,12 @@ import pytest
 import torch
 
 from s5cl import layout
-from s5cl.config.params import ModelParams, Params, load_params
+from s5cl.config.params import RESNETS, ModelParams, Params, load_params
 from s5cl.errors import UserError
 from s5cl.model import backbones
 from s5cl.model.network import S5CLNet, build_model, model_from_checkpoint
 from s5cl.model.presets import PRESETS
+from s5cl.model.resnet import ARCHS, resnet
 from s5cl.pipeline import stages
 from s5cl.training.methods import make_objective
 
@@ -371,3 +372,54 @@ def test_transformers_dinov2_weights_load_into_timm_and_give_the_same_features(
         ours = model.encoder.forward_features(x)
         theirs = oracle(pixel_values=x).last_hidden_state
     torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch", RESNETS)
+def test_our_resnet_is_torchvisions_to_the_bit(arch):
+    """s5cl.model.resnet against torchvision, the oracle: from one seed the same weights and
+    buffers under the same keys, the generator left where torchvision leaves it (what is
+    drawn next, the embedder and classifier, is the same too), the same outputs."""
+    import subprocess
+    import sys
+
+    import torchvision
+
+    assert set(ARCHS) == set(RESNETS)  # config's list, this module's table
+    torch.manual_seed(3)
+    ours = resnet(arch).eval()
+    after_ours = torch.rand(4)
+    torch.manual_seed(3)
+    theirs = torchvision.models.get_model(arch, weights=None).eval()
+    after_theirs = torch.rand(4)
+    assert torch.equal(after_ours, after_theirs)
+    mine, reference = ours.state_dict(), theirs.state_dict()
+    assert list(mine) == list(reference)
+    for key, tensor in reference.items():
+        assert torch.equal(mine[key], tensor), key
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(ours(x), theirs(x))
+    # the point of it: building the default encoder loads neither torchvision nor torch._dynamo
+    code = ("import sys; from s5cl.model.backbones import create_encoder; "
+            "create_encoder('resnet18', {}, 'model', False); "
+            "print(sorted({'torchvision', 'torch._dynamo'} & set(sys.modules)))")  # fmt: skip
+    said = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert said.stdout.strip() == "[]"
+
+
+def test_imagenet_weights_load_into_our_resnet_from_torchs_cache(tmp_path, monkeypatch):
+    """model.weights: imagenet reads torchvision's published file through torch.hub's cache,
+    which is filled here with random weights under that file's name (no download)."""
+    import torchvision
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    url = torchvision.models.get_model_weights("resnet18").DEFAULT.url
+    torch.manual_seed(5)
+    published = torchvision.models.get_model("resnet18", weights=None).state_dict()
+    (tmp_path / "hub/checkpoints").mkdir(parents=True)
+    torch.save(published, tmp_path / "hub/checkpoints" / url.rsplit("/", 1)[1])
+    encoder = backbones.create_encoder("resnet18", {}, "model", imagenet=True)
+    loaded = encoder.state_dict()
+    assert set(published) - set(loaded) == {"fc.weight", "fc.bias"}
+    for key, tensor in loaded.items():
+        assert torch.equal(tensor, published[key]), key

@@ -34,7 +34,7 @@ from PIL import Image
 from s5cl.cli import main as predict_main
 from s5cl.pipeline.runner import run_stage
 
-from .conftest import PBC, ROOT, needs_shared
+from .conftest import PBC, ROOT, VENV_BIN, needs_shared
 
 pytestmark = needs_shared()
 CLASSES = ("basophil", "eosinophil")
@@ -1054,3 +1054,19 @@ def test_a_bad_snakemake_overlay_is_the_same_one_line(project):
         ran = run(["snakemake", "-n", "--cores", "1", *args], project, check=False)
         assert ran.returncode == 2 and "Traceback" not in ran.stderr, ran.stderr
         assert ran.stderr.strip().splitlines()[-1] == expected
+
+
+def test_dvc_sends_no_analytics_from_the_project(tmp_path, monkeypatch):
+    """DVC posts usage to analytics.dvc.org after each command unless told not to; the
+    project's .dvc/config tells it not to (docs/security.md), asked of DVC's own check."""
+    from dvc.analytics import is_enabled
+
+    monkeypatch.delenv("DVC_NO_ANALYTICS")  # tests/__init__.py sets it for the whole suite
+    other = tmp_path / "other"  # a DVC project without the project's config: DVC would send
+    other.mkdir()
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    subprocess.run([VENV_BIN / "dvc", "init", "--no-scm", "-q"], cwd=other, env=env, check=True)
+    monkeypatch.chdir(other)
+    assert is_enabled()
+    monkeypatch.chdir(ROOT)
+    assert not is_enabled()

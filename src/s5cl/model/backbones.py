@@ -26,6 +26,7 @@ from torch import nn
 from s5cl.config.params import FREEZE, TIMM
 from s5cl.errors import UserError
 from s5cl.io import first_line
+from s5cl.model.resnet import resnet
 from s5cl.model.torch_files import describe_checkpoint, refused_global
 
 WRAPPERS = ("state_dict", "model")  # keys a training script often nests its state dict in
@@ -60,9 +61,12 @@ def create_encoder(arch: str, kwargs: dict[str, Any], pool: str, imagenet: bool)
     """The backbone without its classifier, random or with ImageNet weights (a download)."""
     name = timm_name(arch)
     if name is None:  # (kwargs on a ResNet are refused by ModelParams)
-        import torchvision
+        encoder = resnet(arch)  # torchvision's, without its import (s5cl.model.resnet)
+        if imagenet:
+            import torchvision
 
-        encoder = torchvision.models.get_model(arch, weights="DEFAULT" if imagenet else None)
+            weights = torchvision.models.get_model_weights(arch).DEFAULT
+            encoder.load_state_dict(weights.get_state_dict(progress=True, check_hash=True))
         encoder.fc = nn.Identity()
         return encoder
     import timm
