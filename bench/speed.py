@@ -192,16 +192,20 @@ class ReferenceStep:
 # ---------------------------------------------------------------- ours
 
 
-def our_views(data: PackedDataset, batch: int, device, gen: torch.Generator) -> Callable:
-    """One gather from the memmap, uint8 to the device, both views as in s5cl.training.loop (with
-    the
-    default params: fused per-pixel kernels)."""
+def our_views(
+    data: PackedDataset, batch: int, device, gen: torch.Generator, fuse: bool
+) -> Callable:
+    """One gather from the memmap, uint8 to the device, both views as in s5cl.training.loop
+    (fuse: compute.fuse_augment, the default's fused per-pixel kernels)."""
     from s5cl.config.params import AugmentParams, ComputeParams
     from s5cl.data.augment import pixel_kernels, training_views
     from s5cl.training.device import augment_chunk
 
     aug = AugmentParams(flip_rotate=True)
-    chunk, kernels = augment_chunk(device), pixel_kernels(ComputeParams().fuse_augment, device)
+    chunk, kernels = (
+        augment_chunk(device),
+        pixel_kernels(ComputeParams(fuse_augment=fuse).fuse_augment, device),
+    )
 
     def one_batch() -> torch.Tensor:
         rows = np.sort(torch.randint(0, len(data.labels), (batch,), generator=gen).numpy())
@@ -256,11 +260,11 @@ def our_training(
 
 def compare_precisions(
     data: PackedDataset, base: S5CLNet, batch_l: int, batch_u: int, steps: int, rounds: int,
-    device,
+    device, fuse: bool,
 ) -> dict[str, float]:  # fmt: skip
     """Our train step in fp32 and under bf16 autocast, alternating; median img/s of each."""
     runs = {
-        name: our_training(data, copy.deepcopy(base), batch_l, batch_u, precision=name)
+        name: our_training(data, copy.deepcopy(base), batch_l, batch_u, fuse=fuse, precision=name)
         for name in ("fp32", "bf16")
     }
     seen: dict[str, list[float]] = {name: [] for name in runs}
@@ -413,6 +417,7 @@ def main() -> None:
     count, batch_l, batch_u, data_batch, calls, steps, rounds = (
         (128, 8, 8, 32, 2, 1, 1) if args.quick else (960, 32, args.batch_unlabeled, 64, 4, 2, 3)
     )
+    fuse = not args.quick  # compiling the fused views costs more than quick's work (~8 s)
     torch.manual_seed(0)
     gen = torch.Generator().manual_seed(0)
     with tempfile.TemporaryDirectory(prefix="s5cl-speed-") as tmp:
@@ -426,11 +431,11 @@ def main() -> None:
         print(
             f"{len(files)} pbc-240 cells at {SIZE} px, device {device}, {workers} CPUs, "
             f"{workers} DataLoader workers; a train step: {batch_l} labeled + {batch_u} "
-            "unlabeled images x 2 views"
+            f"unlabeled images x 2 views; views {'fused' if fuse else 'eager (--quick)'}"
         )
 
         ref_data = reference_loader(files, data_batch, workers, labeled=False)
-        ours_data = our_views(data, data_batch, device, gen)
+        ours_data = our_views(data, data_batch, device, gen, fuse)
         ref_model = copy.deepcopy(base).to(device, memory_format=torch.channels_last).train()
         ref_step = ReferenceStep(
             ref_model,
@@ -438,7 +443,7 @@ def main() -> None:
             reference_loader(files, batch_u, workers, labeled=False),
             device,
         )
-        ours_train = our_training(data, copy.deepcopy(base), batch_l, batch_u)
+        ours_train = our_training(data, copy.deepcopy(base), batch_l, batch_u, fuse=fuse)
         ours_train(1)  # untimed: allocations, first batches
 
         results: dict[str, list[float]] = {
@@ -465,7 +470,7 @@ def main() -> None:
                 + ", ".join(f"{k} {v[-1]:.1f} img/s" for k, v in results.items())
             )
         median = {k: statistics.median(v) for k, v in results.items()}
-        precisions = compare_precisions(data, base, batch_l, batch_u, steps, rounds, device)
+        precisions = compare_precisions(data, base, batch_l, batch_u, steps, rounds, device, fuse)
 
         flops_per_image = step_flops(base, 2) / 2
         paper_step = flops_per_image * (32 + 128)

@@ -9,6 +9,8 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -94,6 +96,49 @@ def in_process(project: Path, monkeypatch, *names: str, sets: tuple[str, ...] = 
     params = load_params(project / "params.yaml", list(sets))
     for name in names:
         stages.function(name)(params)
+
+
+@dataclass
+class Ran:
+    code: int
+    out: str
+    err: str  # progress bars and warnings, then any error
+
+    @property
+    def last(self) -> str:
+        lines = self.err.strip().splitlines()
+        return lines[-1] if lines else ""
+
+
+def capture(capsys, call: Callable[[], None]) -> Ran:
+    capsys.readouterr()
+    code = 0
+    old_showwarning = warnings.showwarning
+    try:
+        call()
+    except SystemExit as exit_:
+        code = int(exit_.code)
+    finally:
+        warnings.showwarning = old_showwarning
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return Ran(code, out, err)
+
+
+def stage(name: str, capsys, *args: str) -> Ran:
+    """Run stage `name` in-process exactly as `python stages/<name>.py ARGS` would."""
+
+    from s5cl.pipeline.runner import run_stage
+
+    def call() -> None:
+        old = sys.argv
+        sys.argv = [f"stages/{name}.py", *args]
+        try:
+            run_stage(name)
+        finally:
+            sys.argv = old
+
+    return capture(capsys, call)
 
 
 class Interrupted(BaseException):

@@ -17,7 +17,6 @@ import struct
 import subprocess
 import sys
 import time
-import warnings
 import zlib
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -34,7 +33,7 @@ from PIL import Image
 from s5cl.cli import main as predict_main
 from s5cl.pipeline.runner import run_stage
 
-from .conftest import PBC, ROOT, VENV_BIN, needs_shared
+from .conftest import PBC, ROOT, VENV_BIN, Ran, capture, needs_shared, stage
 
 pytestmark = needs_shared()
 CLASSES = ("basophil", "eosinophil")
@@ -54,49 +53,8 @@ PRIVATE = {
 }
 
 
-@dataclass
-class Ran:
-    code: int
-    out: str
-    err: str  # progress bars and warnings, then any error
-
-    @property
-    def last(self) -> str:
-        lines = self.err.strip().splitlines()
-        return lines[-1] if lines else ""
-
-
-def _capture(capsys, call: Callable[[], None]) -> Ran:
-    capsys.readouterr()
-    code = 0
-    old_showwarning = warnings.showwarning
-    try:
-        call()
-    except SystemExit as exit_:
-        code = int(exit_.code)
-    finally:
-        warnings.showwarning = old_showwarning
-    out, err = capsys.readouterr()
-    assert "Traceback" not in err
-    return Ran(code, out, err)
-
-
-def stage(name: str, capsys, *args: str) -> Ran:
-    """Run stage `name` in-process exactly as `python stages/<name>.py ARGS` would."""
-
-    def call() -> None:
-        old = sys.argv
-        sys.argv = [f"stages/{name}.py", *args]
-        try:
-            run_stage(name)
-        finally:
-            sys.argv = old
-
-    return _capture(capsys, call)
-
-
 def predict(capsys, *args: str) -> Ran:
-    return _capture(capsys, lambda: predict_main(["predict", *args]))
+    return capture(capsys, lambda: predict_main(["predict", *args]))
 
 
 def sets(*items: str) -> list[str]:

@@ -17,7 +17,7 @@ from s5cl.training.methods import METHODS
 from s5cl.training.resume import restore_rng_states, rng_states
 from s5cl.training.streams import LabeledBatches, UnlabeledBatches
 
-from .conftest import TINY, in_process, run, stop_after_first_checkpoint, write_params
+from .conftest import TINY, in_process, stage, stop_after_first_checkpoint, write_params
 
 RESUMABLE = {
     **TINY,
@@ -27,11 +27,6 @@ RESUMABLE = {
     "s5cl.eval_every": 5,
     "checkpoint.every": 4,
 }
-
-
-def _stage(project: Path, name: str, *sets: str, check: bool = True):
-    flags = [arg for item in sets for arg in ("--set", item)]
-    return run(["python", f"stages/{name}.py", *flags], project, check=check)
 
 
 def _results(project: Path, stage: str) -> dict[str, bytes]:
@@ -69,26 +64,30 @@ def test_every_method_resumes_to_the_same_bits(project, monkeypatch, method):
     assert _results(project, "s5cl") == uninterrupted
 
 
-@pytest.mark.slow(25)
-def test_nan_stops_with_its_step_and_no_checkpoint_ever_blocks_a_rerun(project, monkeypatch):
+@pytest.mark.slow(10)
+def test_nan_stops_with_its_step_and_no_checkpoint_ever_blocks_a_rerun(
+    project, monkeypatch, capsys
+):
+    """In-process, as `python stages/<stage>.py` runs it (conftest.stage): what a user reads."""
     write_params(project, {**RESUMABLE, "checkpoint.every": 1})
     in_process(project, monkeypatch, "download", "prepare", "split")
 
-    diverged = _stage(project, "warmup", "warmup.lr=1e20", check=False)
-    assert diverged.returncode == 2
+    diverged = stage("warmup", capsys, "--set", "warmup.lr=1e20")
+    assert diverged.code == 2
     (other,) = _checkpoints(project, "warmup")
-    assert diverged.stderr.strip().splitlines()[-1] == (
+    assert diverged.last == (
         "warmup: error: the loss is nan at step 1, so training stopped (lower warmup.lr?); "
         f"the last good checkpoint, {other.relative_to(project)} (1 step done), is kept"
     )
     assert not (project / "models/warmup.pt").exists()
 
     # Another run (other params) neither resumes it nor stops: it removes it and starts over.
-    rerun = _stage(project, "warmup")
+    rerun = stage("warmup", capsys)
+    assert rerun.code == 0
     assert f"note: removed {other.relative_to(project)}, the checkpoint of a run with other " in (
-        rerun.stderr
+        rerun.err
     )
-    assert "resuming" not in rerun.stdout
+    assert "resuming" not in rerun.out
     assert not _checkpoints(project, "warmup")
     model = (project / "models/warmup.pt").read_bytes()
 
@@ -97,9 +96,10 @@ def test_nan_stops_with_its_step_and_no_checkpoint_ever_blocks_a_rerun(project, 
     stop_after_first_checkpoint(project, monkeypatch, "warmup")
     (left,) = _checkpoints(project, "warmup")
     (project / "models/warmup.pt").write_bytes(model)  # what DVC's cache restores
-    later = _stage(project, "split")
+    later = stage("split", capsys)
+    assert later.code == 0
     assert f"note: removed {left.relative_to(project)}: models/warmup.pt of the same run" in (
-        later.stderr
+        later.err
     )
     assert not _checkpoints(project, "warmup")
 

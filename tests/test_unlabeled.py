@@ -23,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from s5cl import cli
 from s5cl.config.params import DataParams, SplitParams
 from s5cl.data.packing import INDEX, pack_images
 from s5cl.data.registry import download_dataset
@@ -30,7 +31,7 @@ from s5cl.data.splitting import make_split
 from s5cl.errors import UserError
 from s5cl.pipeline import stages
 
-from .conftest import PBC, SHARED, TINY, needs_shared, run, write_params
+from .conftest import PBC, SHARED, TINY, capture, needs_shared, run, stage, write_params
 
 CLASSES = ("basophil", "eosinophil", "lymphocyte")
 
@@ -232,7 +233,9 @@ def _answer_as_the_page_does(project: Path, params: Path) -> list[str]:
 
 @pytest.mark.slow(195)
 @needs_shared()
-def test_real_unlabeled_images_and_one_labelling_round_under_snakemake_then_dvc(project):
+def test_real_unlabeled_images_and_one_labelling_round_under_snakemake_then_dvc(
+    project, monkeypatch, capsys
+):
     """The loop a user runs: train on 3 labels per class and 400 unlabeled cells (Snakemake),
     `s5cl suggest`, answer on the page, retrain with the answers (dvc repro): the test set is
     the same in both rounds, the answers join the labeled set, no stage needs hidden truth."""
@@ -307,17 +310,17 @@ def test_real_unlabeled_images_and_one_labelling_round_under_snakemake_then_dvc(
     assert (preds["neighbour_1_similarity"] >= preds["neighbour_3_similarity"]).all()
     tile = next(iter(sorted((SHARED / "crc-tiles-tif").glob("*/*/*.tif"))))  # 224x224, not 360
     cell = sorted((PBC / "platelet").glob("*.jpg"))[0]
-    printed = run(["s5cl", "predict", str(cell), str(tile)], project).stdout
+    monkeypatch.chdir(project)  # the rest in-process, as the command runs (conftest.capture)
+    printed = capture(capsys, lambda: cli.main(["predict", str(cell), str(tile)])).out
     assert pd.read_csv(io.StringIO(printed))["path"].tolist() == [str(cell), str(tile)]
-    bad = run(["s5cl", "predict", str(project / "params.yaml")], project, check=False)
-    assert bad.returncode == 2
-    assert bad.stderr.strip() == (
+    bad = capture(capsys, lambda: cli.main(["predict", str(project / "params.yaml")]))
+    assert bad.code == 2
+    assert bad.err.strip() == (
         f"s5cl predict: error: {project / 'params.yaml'}: not an image (PIL cannot identify it)"
     )
 
     # A threshold no pseudo-label reaches: one line, and the stage still writes its outputs.
-    strict = run(["python", "stages/pseudolabel.py", "--set", "pseudolabel.threshold=1.0"],
-                 project).stderr  # fmt: skip
+    strict = stage("pseudolabel", capsys, "--set", "pseudolabel.threshold=1.0").err
     assert "warning: pseudolabel kept 0% of 392 unlabeled images (no confidence reached " in strict
     assert "retrain learns nothing new from them" in strict
 
@@ -336,8 +339,8 @@ def test_bad_few_label_inputs_are_one_line_each(project):
         "data.unlabeled_root": str(data / "unlabeled"), "split.labels_per_class": None,
         "split.label_fraction": 1.0,
     })  # fmt: skip
-    for stage in ("download", "prepare"):
-        run(["python", f"stages/{stage}.py"], project)
+    for name in ("download", "prepare"):
+        run(["python", f"stages/{name}.py"], project)
     assert _stage_error(project, "split") == (
         "split: error: split.test_fraction=0.2: the test set is empty (the largest class has 1 "
         "labeled training images, and round(0.2 x 1) = 0); add labeled images or raise "
@@ -352,8 +355,8 @@ def test_bad_few_label_inputs_are_one_line_each(project):
     table.loc[2, "patient"] = ""
     table.to_csv(data / "labeled.csv", index=False)
     write_params(project, {"split.group": "patient"})
-    for stage in ("download", "prepare"):
-        run(["python", f"stages/{stage}.py"], project)
+    for name in ("download", "prepare"):
+        run(["python", f"stages/{name}.py"], project)
     assert _stage_error(project, "split") == (
         "split: error: split.group='patient': 1 images have no patient, e.g. "
         f"{os.path.realpath(table.loc[2, 'path'])}; give every image one"
