@@ -197,15 +197,12 @@ def our_views(
 ) -> Callable:
     """One gather from the memmap, uint8 to the device, both views as in s5cl.training.loop
     (fuse: compute.fuse_augment, the default's fused per-pixel kernels)."""
-    from s5cl.config.params import AugmentParams, ComputeParams
+    from s5cl.config.params import AugmentParams
     from s5cl.data.augment import pixel_kernels, training_views
     from s5cl.training.device import augment_chunk
 
     aug = AugmentParams(flip_rotate=True)
-    chunk, kernels = (
-        augment_chunk(device),
-        pixel_kernels(ComputeParams(fuse_augment=fuse).fuse_augment, device),
-    )
+    chunk, kernels = augment_chunk(device), pixel_kernels(fuse, device)
 
     def one_batch() -> torch.Tensor:
         rows = np.sort(torch.randint(0, len(data.labels), (batch,), generator=gen).numpy())
